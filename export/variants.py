@@ -1,0 +1,135 @@
+"""One function per variant, named source -> target. Each writes one ONNX file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvit_edge.metadata import ModelMetadata
+
+from .config import INT8_PRESETS
+
+# Ops kept in float32 in the fp16 variant: their reductions and exponentials overflow or lose
+# too much in half precision (LayerNorm's mean/variance, Softmax's exp-sum, GELU's Erf).
+FP16_KEEP_FLOAT32 = ["LayerNormalization", "Softmax", "Pow", "ReduceMean", "Sqrt", "Erf", "Div"]
+
+
+def hf_to_onnx(model_dir: Path, output_dir: Path, opset: int | None = None) -> Path:
+    """fp32 ONNX through Optimum, dynamic batch axis; also writes config.json and
+    preprocessor_config.json so Optimum's ORTModel and transformers' pipeline load the folder."""
+    from optimum.exporters.onnx import main_export
+
+    main_export(
+        str(model_dir),
+        output=str(output_dir),
+        task="image-classification",
+        opset=opset,
+        device="cpu",
+        do_validation=False,  # we validate ourselves, on real images, with tolerances
+    )
+    return output_dir / "model.onnx"
+
+
+def onnx_to_fp16(source: Path, target: Path) -> Path:
+    """Half-precision weights and math, float32 inputs/outputs and overflow-prone ops, so the
+    file runs on the CPU provider as well as CUDA."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = onnx.load(str(source))
+    half = OnnxModel(convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FLOAT32))
+    half.topological_sort()  # the converter appends its Casts last; the ONNX checker wants order
+    onnx.save(half.model, str(target))
+    return target
+
+
+def quantizable_matmuls(source: Path) -> list[str]:
+    """MatMul nodes with a constant weight: the ones dynamic int8 quantizes."""
+    import onnx
+
+    model = onnx.load(str(source), load_external_data=False)
+    constants = {init.name for init in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants]
+
+
+def onnx_to_int8_dynamic(
+    source: Path, target: Path, preset: str, exclude: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Dynamic int8 of the weight MatMuls only (activation x activation MatMuls in attention stay
+    float: quantizing them at run time is slower and less accurate). Returns the settings used."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    settings = dict(INT8_PRESETS[preset])
+    quantize_dynamic(
+        str(source),
+        str(target),
+        op_types_to_quantize=["MatMul", "Gemm"],
+        per_channel=bool(settings["per_channel"]),
+        reduce_range=bool(settings["reduce_range"]),
+        weight_type=QuantType[str(settings["weight_type"])],
+        nodes_to_exclude=list(exclude),
+        extra_options={"MatMulConstBOnly": True},
+    )
+    return {"mode": "dynamic", "target": preset, **settings, "excluded_nodes": list(exclude)}
+
+
+class _ArrayReader:
+    """onnxruntime's CalibrationDataReader protocol over preprocessed batches."""
+
+    def __init__(self, input_name: str, batches: Iterator[np.ndarray]):
+        self.input_name, self.batches = input_name, batches
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+def onnx_to_int8_static(
+    source: Path,
+    target: Path,
+    preset: str,
+    calibration: np.ndarray,
+    method: str = "minmax",
+    exclude: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Static int8 (QDQ) with activation ranges calibrated on images."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    settings = dict(INT8_PRESETS[preset])
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    batches = iter(np.array_split(calibration, max(1, len(calibration) // 8)))
+    quantize_static(
+        str(source),
+        str(target),
+        _ArrayReader("pixel_values", batches),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        per_channel=bool(settings["per_channel"]),
+        reduce_range=bool(settings["reduce_range"]),
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType[str(settings["weight_type"])],
+        nodes_to_exclude=list(exclude),
+        calibrate_method=methods[method],
+        extra_options={"MatMulConstBOnly": True},
+    )
+    return {"mode": "static", "target": preset, "calibration": method,
+            "calibration_images": len(calibration), **settings, "excluded_nodes": list(exclude)}
+
+
+def write_metadata(path: Path, metadata: ModelMetadata) -> None:
+    """Replace the file's metadata_props with ours (quantizers and converters drop or keep
+    them unpredictably), then run the full ONNX checker."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata.to_props().items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)

@@ -1,0 +1,40 @@
+"""medvit-edge: ViT classifiers for medical images, from fine-tuning to an edge runtime.
+
+The runtime (``Classifier``, preprocessing, metadata) needs only numpy, Pillow and one
+onnxruntime build; training and export live in ``medvit_edge.train`` and ``medvit_edge.export``
+and need the ``[train]`` / ``[export]`` extras. Nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+from typing import Any
+
+# train/ and export/ are mapped into this package at install time. When the source tree's
+# medvit_edge/ shadows an installed copy (running from the repo root), this lets Python find
+# the installed medvit_edge.train / medvit_edge.export too.
+__path__ = pkgutil.extend_path(__path__, __name__)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Classifier": "medvit_edge.runtime",
+    "Prediction": "medvit_edge.runtime",
+    "ModelLoadError": "medvit_edge.runtime",
+    "PreprocessSpec": "medvit_edge.preprocess",
+    "preprocess": "medvit_edge.preprocess",
+    "ModelMetadata": "medvit_edge.metadata",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the runtime pieces on first use, so ``import medvit_edge`` stays instant."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'medvit_edge' has no attribute {name!r}")

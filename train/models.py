@@ -1,0 +1,110 @@
+"""Models: a hub id, a local ``save_pretrained`` folder, or a preset built locally (random init)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from medvit_edge.preprocess import PreprocessSpec
+
+PREPROCESS_FILE = "preprocess.json"
+
+# Offline presets. "tiny" is for tests and the demo (seconds on a CPU); "small" (DeiT-Tiny
+# width, 6 blocks) can learn real ultrasound from scratch on a CPU in minutes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        image_size=64,
+        patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+    ),
+    "small": dict(
+        image_size=224,
+        patch_size=16,
+        hidden_size=192,
+        num_hidden_layers=6,
+        num_attention_heads=3,
+        intermediate_size=768,
+    ),
+}
+
+
+def load_model(name: str, labels: list[str], attn_implementation: str = "sdpa") -> tuple[Any, PreprocessSpec]:
+    """(ViT classifier with a ``len(labels)`` head, the preprocessing it expects)."""
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+    )
+
+    id2label = dict(enumerate(labels))
+    label2id = {label: i for i, label in enumerate(labels)}
+    if name in PRESETS:
+        config = ViTConfig(
+            **PRESETS[name],
+            num_labels=len(labels),
+            id2label=id2label,
+            label2id=label2id,
+            attn_implementation=attn_implementation,
+        )
+        size = PRESETS[name]["image_size"]
+        return ViTForImageClassification(config), PreprocessSpec(size=size, resize_size=size)
+    model = AutoModelForImageClassification.from_pretrained(
+        name,
+        num_labels=len(labels),
+        id2label=id2label,
+        label2id=label2id,
+        ignore_mismatched_sizes=True,  # a new head when the class count differs
+        attn_implementation=attn_implementation,
+        use_safetensors=True,  # never unpickle weights
+    )
+    return model, resolve_spec(name, AutoImageProcessor)
+
+
+def resolve_spec(name: str, processor_class: Any = None) -> PreprocessSpec:
+    """Our own ``preprocess.json`` if the folder has one, else the checkpoint's image processor."""
+    local = Path(name)
+    if (local / PREPROCESS_FILE).is_file():
+        return PreprocessSpec.from_json((local / PREPROCESS_FILE).read_text(encoding="utf-8"))
+    if processor_class is None:
+        from transformers import AutoImageProcessor as processor_class
+    processor = processor_class.from_pretrained(name)
+    return PreprocessSpec.from_hf_processor_config(processor.to_dict())
+
+
+def save_model(model: Any, spec: PreprocessSpec, folder: Path) -> None:
+    """``save_pretrained`` (safetensors) + an image processor for HF users + our spec."""
+    from transformers import ViTImageProcessor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    ViTImageProcessor(**spec.to_hf_processor_config()).save_pretrained(folder)
+    (folder / PREPROCESS_FILE).write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def torchvision_transforms(
+    spec: PreprocessSpec, train: bool, crop_scale: tuple[float, float] = (0.08, 1.0)
+) -> Any:
+    """The torchvision pipeline for the spec: RandomResizedCrop + flip for training,
+    the exact eval transform (which ``medvit_edge.preprocess`` reproduces in numpy) otherwise."""
+    from torchvision import transforms as T
+
+    interpolation = T.InterpolationMode(spec.interpolation)
+    tail = [T.ToTensor(), T.Normalize(mean=spec.mean, std=spec.std)]
+    if train:
+        return T.Compose(
+            [
+                T.RandomResizedCrop(spec.size, scale=crop_scale, interpolation=interpolation),
+                T.RandomHorizontalFlip(),
+                *tail,
+            ]
+        )
+    if spec.resize_mode == "squash":
+        return T.Compose([T.Resize((spec.size, spec.size), interpolation=interpolation), *tail])
+    return T.Compose(
+        [T.Resize(spec.resize_size, interpolation=interpolation), T.CenterCrop(spec.size), *tail]
+    )

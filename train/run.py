@@ -1,0 +1,219 @@
+"""``train(cfg)``: fine-tune a ViT classifier with the transformers Trainer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvit_edge.files import write_json_atomic
+from medvit_edge.metrics import classification_metrics, flat_metrics
+
+from .config import TrainConfig
+from .data import DataBundle, Sample
+from .models import load_model, save_model, torchvision_transforms
+from .prepare import class_counts, prepare_data, write_split_csv
+from .report import plot_confusion_matrix, plot_samples, plot_training_curves, write_model_card
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    labels: list[str]
+
+
+class ImageDataset:
+    """A torch map-style dataset over samples: ``{"pixel_values", "labels"}`` per item."""
+
+    def __init__(self, samples: list[Sample], labels: list[str], transform: Any):
+        self.samples, self.transform = samples, transform
+        self.index = {label: i for i, label in enumerate(labels)}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sample = self.samples[i]
+        return {"pixel_values": self.transform(sample.image()), "labels": self.index[sample.label]}
+
+
+def make_compute_metrics(labels: list[str]) -> Any:
+    def compute_metrics(eval_pred: Any) -> dict[str, float]:
+        logits, targets = eval_pred
+        return flat_metrics(classification_metrics(targets, np.argmax(logits, axis=-1), labels))
+
+    return compute_metrics
+
+
+def check_output_writable(output: Path, needed_bytes: int) -> None:
+    """Fail before training, not after hours, when the run folder cannot hold the checkpoints."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"{output}: output folder is not writable ({exc})") from exc
+    free = shutil.disk_usage(output).free
+    if free < needed_bytes:
+        raise OSError(
+            f"{output}: only {free / 1e9:.1f} GB free, the run needs about {needed_bytes / 1e9:.1f} GB "
+            "for its checkpoints"
+        )
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Prepare data, fine-tune, evaluate on validation and test, and write the run folder."""
+    # transformers warns on every checkpoint rotation on filesystems with coarse mtimes; it
+    # falls back to step numbers, which is what we want anyway.
+    warnings.filterwarnings("ignore", message="mtime may not be reliable")
+    run_dir = cfg.output
+    bundle = prepare_data(cfg)
+    _log(f"data: {cfg.data} -> labels {bundle.labels}; " + "; ".join(bundle.notes))
+    counts = class_counts(bundle)
+    for split, per_class in counts.items():
+        _log(f"  {split:<10} " + "  ".join(f"{k}={v}" for k, v in per_class.items()))
+    model, spec = load_model(cfg.model, bundle.labels, cfg.attn_implementation)
+    parameters = sum(p.numel() for p in model.parameters())
+    # a checkpoint holds weights + 2 Adam moments: ~12 bytes/param, times kept checkpoints + final
+    check_output_writable(run_dir, 12 * parameters * (cfg.save_total_limit + 1))
+    write_json_atomic(run_dir / "train_config.json", cfg.to_dict())
+    write_split_csv(run_dir / "split.csv", bundle)
+    write_json_atomic(
+        run_dir / "data_report.json", {"class_counts": counts, "notes": bundle.notes, **bundle.leakage}
+    )
+    plot_samples(bundle, run_dir / "samples.png")
+    trainer = build_trainer(cfg, bundle, model, spec)
+    last_checkpoint = _last_checkpoint(run_dir / "checkpoints") if cfg.resume else None
+    if cfg.resume:
+        _log(f"resuming from {last_checkpoint}" if last_checkpoint else "no checkpoint: starting fresh")
+    train_output = trainer.train(resume_from_checkpoint=last_checkpoint)
+    save_model(trainer.model, spec, run_dir)
+    metrics = _final_metrics(trainer, bundle, spec, train_output, parameters)
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    plot_training_curves(
+        trainer.state.log_history, cfg.metric_for_best_model, run_dir / "training_curves.png"
+    )
+    if "test" in metrics:
+        plot_confusion_matrix(
+            metrics["test"]["confusion_matrix"], bundle.labels, run_dir / "confusion_matrix.png"
+        )
+    write_model_card(run_dir, cfg, bundle, counts, metrics, spec)
+    if cfg.push_to_hub:
+        trainer.push_to_hub()
+    return TrainResult(run_dir, metrics, bundle.labels)
+
+
+def build_trainer(cfg: TrainConfig, bundle: DataBundle, model: Any, spec: Any) -> Any:
+    import torch
+    from transformers import TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgressCallback
+
+    from .trainer import ProgressCallback, WeightedLossTrainer, precision_flags
+
+    train_set = ImageDataset(
+        bundle.split("train"),
+        bundle.labels,
+        torchvision_transforms(spec, train=True, crop_scale=cfg.crop_scale),
+    )
+    val_set = ImageDataset(
+        bundle.split("validation"), bundle.labels, torchvision_transforms(spec, train=False)
+    )
+    args = TrainingArguments(
+        output_dir=str(cfg.output / "checkpoints"),
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.train_batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=cfg.metric_for_best_model,
+        greater_is_better=cfg.metric_for_best_model not in ("loss", "eval_loss"),
+        logging_steps=cfg.logging_steps,
+        remove_unused_columns=False,
+        dataloader_num_workers=cfg.dataloader_workers,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        push_to_hub=cfg.push_to_hub,
+        hub_model_id=cfg.hub_model_id,
+        seed=cfg.seed,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        torch_compile=cfg.torch_compile,
+        disable_tqdm=True,  # our ProgressCallback draws the bar
+        dataloader_pin_memory=torch.cuda.is_available(),
+        save_safetensors=True,
+        **precision_flags(cfg.precision),
+        **cfg.extra,
+    )
+    weights = _class_weights(bundle) if cfg.class_weighted_loss else None
+    trainer = WeightedLossTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        compute_metrics=make_compute_metrics(bundle.labels),
+        class_weights=weights,
+        callbacks=[ProgressCallback(cfg.metric_for_best_model, enabled=cfg.progress)],
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(HFProgressCallback)
+    return trainer
+
+
+def _class_weights(bundle: DataBundle) -> list[float]:
+    """Inverse-frequency weights (mean 1) for the imbalanced classes."""
+    counts = np.array(
+        [sum(s.label == label for s in bundle.split("train")) for label in bundle.labels], float
+    )
+    weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    return weights.tolist()
+
+
+def _final_metrics(
+    trainer: Any, bundle: DataBundle, spec: Any, train_output: Any, parameters: int
+) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_metric": trainer.state.best_metric,
+        "epochs": trainer.state.epoch,
+        "steps": trainer.state.global_step,
+        "parameters": parameters,
+        "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
+        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "train_loss": train_output.metrics.get("train_loss"),
+    }
+    for split in ("validation", "test"):
+        samples = bundle.split(split)
+        if samples:
+            dataset = ImageDataset(samples, bundle.labels, torchvision_transforms(spec, train=False))
+            output = trainer.predict(dataset)
+            predicted = np.argmax(output.predictions, axis=-1)
+            metrics[split] = classification_metrics(output.label_ids, predicted, bundle.labels)
+    return metrics
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    if not folder.is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder))
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
