@@ -22,8 +22,11 @@ def make_int8(ctx: Any, fp32_path: Path, make_variant: Callable[..., dict[str, A
     entry = make_variant(ctx, variant, path, lambda: build(()))
     if entry["status"] == "passed" or not cfg.int8_guard_search:
         return entry
-    full = {"size_bytes": entry["size_bytes"], "latency_ms": _latency_ms(path, ctx.validation.pixels),
-            "validation": entry["validation"]}
+    full = {
+        "size_bytes": entry["size_bytes"],
+        "latency_ms": _latency_ms(path, ctx.validation.pixels),
+        "validation": entry["validation"],
+    }
     ranked = rank_sensitive_nodes(fp32_path, path, ctx.validation.pixels[:32])
     count = 1
     while count <= max(1, len(ranked) // 2):

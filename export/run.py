@@ -19,7 +19,7 @@ from medvit_edge.preprocess import PreprocessSpec
 
 from .config import ExportConfig
 from .validate import ValidationSet, compare, load_validation_set, onnx_logits, torch_logits
-from .variants import hf_to_onnx, onnx_to_fp16, onnx_to_int8_dynamic, onnx_to_int8_static, write_metadata
+from .variants import hf_to_onnx, onnx_to_fp16, write_metadata
 
 
 class ExportValidationError(RuntimeError):
@@ -72,9 +72,8 @@ def export(cfg: ExportConfig) -> ExportResult:
 
 
 def _prepare(cfg: ExportConfig) -> _Context:
-    from transformers import AutoModelForImageClassification
-
     from medvit_edge.train.models import resolve_spec
+    from transformers import AutoModelForImageClassification
 
     model = AutoModelForImageClassification.from_pretrained(cfg.run_dir, use_safetensors=True).eval()
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -99,7 +98,11 @@ def _prepare(cfg: ExportConfig) -> _Context:
 
 
 def _make_variant(
-    ctx: _Context, variant: str, path: Path, build: Callable[[], Any], quantization: dict[str, Any] | None = None
+    ctx: _Context,
+    variant: str,
+    path: Path,
+    build: Callable[[], Any],
+    quantization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build one file, stamp its metadata, validate it against PyTorch; return its manifest entry."""
     _log(f"exporting {variant} -> {path}")
@@ -119,11 +122,19 @@ def _make_variant(
     seconds = time.perf_counter() - started
     kind = variant.split("-")[0]
     logits = onnx_logits(path, ctx.validation.pixels, ctx.cfg.batch_size)
-    check = compare(ctx.reference, logits, ctx.validation.label_ids, ctx.labels,
-                    ctx.cfg.tolerances[kind], ctx.cfg.guard_classes)
+    check = compare(
+        ctx.reference,
+        logits,
+        ctx.validation.label_ids,
+        ctx.labels,
+        ctx.cfg.tolerances[kind],
+        ctx.cfg.guard_classes,
+    )
     status = "passed" if check["passed"] else "failed"
-    _log(f"  {variant}: {status}; max |Δlogit| {check['max_abs_logit_diff']:.2e}, "
-         f"agreement {check['top1_agreement']:.2%}" + "".join(f"; {f}" for f in check["failures"]))
+    _log(
+        f"  {variant}: {status}; max |Δlogit| {check['max_abs_logit_diff']:.2e}, "
+        f"agreement {check['top1_agreement']:.2%}" + "".join(f"; {f}" for f in check["failures"])
+    )
     return {
         "file": path.name,
         "variant": variant,
@@ -145,15 +156,27 @@ def _manifest(ctx: _Context, entries: list[dict[str, Any]]) -> dict[str, Any]:
         "preprocess": ctx.spec.to_dict(),
         "created": ctx.created,
         "versions": ctx.versions,
-        "validation_data": {"source": ctx.validation.source, "images": len(ctx.validation.keys),
-                            "labelled": ctx.validation.label_ids is not None},
+        "validation_data": {
+            "source": ctx.validation.source,
+            "images": len(ctx.validation.keys),
+            "labelled": ctx.validation.label_ids is not None,
+        },
         "variants": entries,
     }
 
 
 def _versions() -> dict[str, str]:
     versions = {}
-    for package in ("medvit-edge", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu"):
+    for package in (
+        "medvit-edge",
+        "torch",
+        "transformers",
+        "optimum",
+        "optimum-onnx",
+        "onnx",
+        "onnxruntime",
+        "onnxruntime-gpu",
+    ):
         try:
             versions[package] = importlib_metadata.version(package)
         except importlib_metadata.PackageNotFoundError:

@@ -26,7 +26,9 @@ class ValidationSet:
     source: str
 
 
-def choose_images(cfg: ExportConfig, split: str, explicit: Path | None, explicit_split: str | None) -> list[LabelledImage]:
+def choose_images(
+    cfg: ExportConfig, split: str, explicit: Path | None, explicit_split: str | None
+) -> list[LabelledImage]:
     """``explicit`` (a CSV or class folders) when given, else this split of the run's split.csv."""
     if explicit is not None:
         return read_labelled_set(explicit, explicit_split)
@@ -77,7 +79,9 @@ def onnx_logits(path: Path, pixels: np.ndarray, batch_size: int) -> np.ndarray:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    outputs = [session.run(None, {name: pixels[s : s + batch_size]})[0] for s in range(0, len(pixels), batch_size)]
+    outputs = [
+        session.run(None, {name: pixels[s : s + batch_size]})[0] for s in range(0, len(pixels), batch_size)
+    ]
     return np.concatenate(outputs).astype(np.float32)
 
 
@@ -127,9 +131,13 @@ def _accuracy_checks(
     failures = []
     drop = ref["accuracy"] - cand["accuracy"]
     if tolerance.max_accuracy_drop is not None and drop > tolerance.max_accuracy_drop + 1e-9:
-        failures.append(f"accuracy {cand['accuracy']:.3f} is {drop:.3f} below PyTorch's {ref['accuracy']:.3f}")
+        failures.append(
+            f"accuracy {cand['accuracy']:.3f} is {drop:.3f} below PyTorch's {ref['accuracy']:.3f}"
+        )
     for label in (g for g in guard_classes if g in labels):
         recall_drop = result["pytorch_recall"][label] - result["recall"][label]
         if tolerance.max_recall_drop is not None and recall_drop > tolerance.max_recall_drop + 1e-9:
-            failures.append(f"{label} recall {result['recall'][label]:.3f} is {recall_drop:.3f} below PyTorch's")
+            failures.append(
+                f"{label} recall {result['recall'][label]:.3f} is {recall_drop:.3f} below PyTorch's"
+            )
     return failures

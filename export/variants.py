@@ -100,8 +100,11 @@ def onnx_to_int8_static(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     settings = dict(INT8_PRESETS[preset])
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     batches = iter(np.array_split(calibration, max(1, len(calibration) // 8)))
     quantize_static(
         str(source),
@@ -117,8 +120,14 @@ def onnx_to_int8_static(
         calibrate_method=methods[method],
         extra_options={"MatMulConstBOnly": True},
     )
-    return {"mode": "static", "target": preset, "calibration": method,
-            "calibration_images": len(calibration), **settings, "excluded_nodes": list(exclude)}
+    return {
+        "mode": "static",
+        "target": preset,
+        "calibration": method,
+        "calibration_images": len(calibration),
+        **settings,
+        "excluded_nodes": list(exclude),
+    }
 
 
 def write_metadata(path: Path, metadata: ModelMetadata) -> None:

@@ -26,9 +26,15 @@ def require(stage: str) -> None:
     missing = [m for m in EXTRA_MODULES[stage] if importlib.util.find_spec(m) is None]
     if missing:
         extra = EXTRA_FOR[stage]
-        hint = "'medvit-edge[cpu]' (or [gpu] on an NVIDIA machine)" if stage == "runtime" else f"'medvit-edge[{extra}]'"
-        raise click.ClickException(f"this command needs {', '.join(missing)}, which is not installed.\n"
-                                   f"Install it with: pip install {hint}")
+        hint = (
+            "'medvit-edge[cpu]' (or [gpu] on an NVIDIA machine)"
+            if stage == "runtime"
+            else f"'medvit-edge[{extra}]'"
+        )
+        raise click.ClickException(
+            f"this command needs {', '.join(missing)}, which is not installed.\n"
+            f"Install it with: pip install {hint}"
+        )
 
 
 def _version() -> str:
@@ -62,25 +68,58 @@ def _options(**values: Any) -> dict[str, Any]:
 
 
 @main.command()
-@click.option("--model", help="Hub id, save_pretrained folder, or preset: tiny, small. [default: google/vit-large-patch16-224]")
-@click.option("--data", help="Hub dataset id, class-folder directory, or split CSV. [default: emre570/breastcancer-ultrasound-images]")
+@click.option(
+    "--model",
+    help="Hub id, save_pretrained folder, or preset: tiny, small. [default: google/vit-large-patch16-224]",
+)
+@click.option(
+    "--data",
+    help="Hub dataset id, class-folder directory, or split CSV. "
+    "[default: emre570/breastcancer-ultrasound-images]",
+)
 @click.option("--output", type=click.Path(path_type=Path), help="Run folder. [default: models/run]")
 @click.option("--epochs", type=float, help="Training epochs. [default: 40]")
-@click.option("--config", "config_file", type=click.Path(exists=True, path_type=Path), help="JSON/YAML file of settings; flags override it.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, path_type=Path),
+    help="JSON/YAML file of settings; flags override it.",
+)
 @click.option("--lr", "learning_rate", type=float, help="Learning rate. [default: 2e-5]")
 @click.option("--batch-size", "train_batch_size", type=int, help="Training batch. [default: 10]")
 @click.option("--eval-batch-size", type=int, help="Evaluation batch. [default: 4]")
 @click.option("--weight-decay", type=float, help="AdamW weight decay. [default: 0.01]")
-@click.option("--metric", "metric_for_best_model", help="Best-checkpoint metric. [default: balanced_accuracy]")
+@click.option(
+    "--metric", "metric_for_best_model", help="Best-checkpoint metric. [default: balanced_accuracy]"
+)
 @click.option("--val-fraction", type=float, help="Share of train carved out for validation. [default: 0.25]")
-@click.option("--class-weighted-loss/--no-class-weighted-loss", default=None, help="Weight the loss by inverse class frequency.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="auto: bf16 on capable GPUs, fp32 on CPU.")
-@click.option("--attn", "attn_implementation", type=click.Choice(["sdpa", "eager"]), help="Attention kernel. [default: sdpa]")
+@click.option(
+    "--class-weighted-loss/--no-class-weighted-loss",
+    default=None,
+    help="Weight the loss by inverse class frequency.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    help="auto: bf16 on capable GPUs, fp32 on CPU.",
+)
+@click.option(
+    "--attn",
+    "attn_implementation",
+    type=click.Choice(["sdpa", "eager"]),
+    help="Attention kernel. [default: sdpa]",
+)
 @click.option("--workers", "dataloader_workers", type=int, help="Dataloader worker processes. [default: 2]")
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="Trade compute for memory.")
+@click.option(
+    "--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="Trade compute for memory."
+)
 @click.option("--compile/--no-compile", "torch_compile", default=None, help="torch.compile the model.")
 @click.option("--resume", is_flag=True, default=None, help="Continue from the run folder's last checkpoint.")
-@click.option("--report-to", type=click.Choice(["none", "wandb", "tensorboard"]), help="Experiment tracker. [default: none]")
+@click.option(
+    "--report-to",
+    type=click.Choice(["none", "wandb", "tensorboard"]),
+    help="Experiment tracker. [default: none]",
+)
 @click.option("--push-to-hub", is_flag=True, default=None, help="Push the best model to the hub at the end.")
 @click.option("--hub-model-id", help="Hub repository for --push-to-hub.")
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps (smoke runs).")
@@ -102,22 +141,52 @@ def train(config_file: Path | None, **values: Any) -> None:
     click.echo(f"run folder: {result.run_dir}")
     if test:
         recalls = ", ".join(f"{k} {v['recall']:.3f}" for k, v in test["per_class"].items())
-        click.echo(f"test accuracy {test['accuracy']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}; recall: {recalls}")
+        click.echo(
+            f"test accuracy {test['accuracy']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}; "
+            f"recall: {recalls}"
+        )
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--output", type=click.Path(path_type=Path), help="Where the ONNX files go. [default: RUN_DIR/onnx]")
+@click.option(
+    "--output", type=click.Path(path_type=Path), help="Where the ONNX files go. [default: RUN_DIR/onnx]"
+)
 @click.option("--fp16", is_flag=True, help="Also write a half-precision variant (fp32 inputs/outputs).")
-@click.option("--int8", type=click.Choice(["dynamic", "static"]), is_flag=False, flag_value="dynamic", default=None,
-              help="Also write an int8 variant: dynamic (default when given alone) or static (calibrated).")
-@click.option("--target", type=click.Choice(["auto", "avx2", "avx512_vnni", "arm64"]), default="auto", show_default=True,
-              help="CPU the int8 file is tuned for.")
-@click.option("--calibration", "calibration_method", type=click.Choice(["minmax", "percentile", "entropy"]),
-              default="minmax", show_default=True, help="Static int8 range method.")
-@click.option("--calibration-data", type=click.Path(exists=True, path_type=Path), help="Images for static calibration. [default: the run's training images]")
+@click.option(
+    "--int8",
+    type=click.Choice(["dynamic", "static"]),
+    is_flag=False,
+    flag_value="dynamic",
+    default=None,
+    help="Also write an int8 variant: dynamic (default when given alone) or static (calibrated).",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["auto", "avx2", "avx512_vnni", "arm64"]),
+    default="auto",
+    show_default=True,
+    help="CPU the int8 file is tuned for.",
+)
+@click.option(
+    "--calibration",
+    "calibration_method",
+    type=click.Choice(["minmax", "percentile", "entropy"]),
+    default="minmax",
+    show_default=True,
+    help="Static int8 range method.",
+)
+@click.option(
+    "--calibration-data",
+    type=click.Path(exists=True, path_type=Path),
+    help="Images for static calibration. [default: the run's training images]",
+)
 @click.option("--calibration-size", type=int, default=64, show_default=True, help="Calibration images used.")
-@click.option("--data", type=click.Path(exists=True, path_type=Path), help="Labelled validation images. [default: the run's validation split]")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, path_type=Path),
+    help="Labelled validation images. [default: the run's validation split]",
+)
 @click.option("--data-split", help="With --data: use only this split of a split CSV.")
 @click.option("--max-images", "max_validation_images", type=int, help="Validate on at most this many images.")
 @click.option("--allow-degraded", is_flag=True, help="Exit 0 even when a variant fails its tolerances.")
@@ -139,20 +208,35 @@ def export(**values: Any) -> None:
         raise click.ClickException(str(exc)) from exc
     for entry in result.manifest["variants"]:
         check = entry["validation"]
-        click.echo(f"{entry['file']:<20} {entry['status']:<7} {entry['size_bytes'] / 1e6:8.2f} MB  "
-                   f"max|Δlogit| {check['max_abs_logit_diff']:.2e}  agreement {check['top1_agreement']:.2%}")
+        click.echo(
+            f"{entry['file']:<20} {entry['status']:<7} {entry['size_bytes'] / 1e6:8.2f} MB  "
+            f"max|Δlogit| {check['max_abs_logit_diff']:.2e}  agreement {check['top1_agreement']:.2%}"
+        )
     click.echo(f"manifest: {result.output / 'manifest.json'}")
 
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--output", type=click.Path(path_type=Path), help="preds.csv or preds.jsonl (written atomically). [default: CSV on stdout]")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    help="preds.csv or preds.jsonl (written atomically). [default: CSV on stdout]",
+)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--threads", type=int, help="onnxruntime intra-op threads. [default: all cores]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
-@click.option("--verify", is_flag=True, default=None, help="Require a manifest.json beside MODEL and check its sha256.")
-@click.option("--labels", "labels_csv", type=click.Path(exists=True, path_type=Path), help="CSV of path,label for accuracy.")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True
+)
+@click.option(
+    "--verify", is_flag=True, default=None, help="Require a manifest.json beside MODEL and check its sha256."
+)
+@click.option(
+    "--labels",
+    "labels_csv",
+    type=click.Path(exists=True, path_type=Path),
+    help="CSV of path,label for accuracy.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def infer(model: Path, paths: tuple[str, ...], quiet: bool, **values: Any) -> None:
     """Classify images (files, folders searched recursively, or globs) with an ONNX MODEL.
@@ -180,8 +264,11 @@ def infer(model: Path, paths: tuple[str, ...], quiet: bool, **values: Any) -> No
 
 
 def _print_infer_summary(summary: Any) -> None:
-    click.echo(f"{summary.predictions} predictions from {summary.files - summary.failed_files} files; "
-               f"{summary.failed_files} failed" + (f"; written to {summary.output}" if summary.output else ""), err=True)
+    click.echo(
+        f"{summary.predictions} predictions from {summary.files - summary.failed_files} files; "
+        f"{summary.failed_files} failed" + (f"; written to {summary.output}" if summary.output else ""),
+        err=True,
+    )
     for error in summary.errors[:20]:
         click.echo(f"  error: {error}", err=True)
     if summary.metrics:
@@ -192,11 +279,23 @@ def _print_infer_summary(summary: Any) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--data", type=click.Path(exists=True, path_type=Path), help="Labelled set (split CSV or class folders). [default: RUN_DIR/split.csv]")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, path_type=Path),
+    help="Labelled set (split CSV or class folders). [default: RUN_DIR/split.csv]",
+)
 @click.option("--split", default="test", show_default=True, help="Split of a split CSV to evaluate.")
-@click.option("--output", type=click.Path(path_type=Path), help="Report folder. [default: RUN_DIR/evaluation]")
-@click.option("--onnx-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="[default: RUN_DIR/onnx]")
-@click.option("--pytorch/--no-pytorch", default=True, show_default=True, help="Include the PyTorch model (needs torch).")
+@click.option(
+    "--output", type=click.Path(path_type=Path), help="Report folder. [default: RUN_DIR/evaluation]"
+)
+@click.option(
+    "--onnx-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="[default: RUN_DIR/onnx]",
+)
+@click.option(
+    "--pytorch/--no-pytorch", default=True, show_default=True, help="Include the PyTorch model (needs torch)."
+)
 @click.option("--threads", type=int, help="Threads for every model.")
 @click.option("--no-plots", "plots", flag_value=False, default=True, help="Skip the PNG plots.")
 def evaluate(**values: Any) -> None:
@@ -216,7 +315,11 @@ def evaluate(**values: Any) -> None:
 
 
 @main.command()
-@click.option("--data", type=click.Path(exists=True, path_type=Path), help="Run on a real class-folder directory or split CSV instead of phantoms.")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, path_type=Path),
+    help="Run on a real class-folder directory or split CSV instead of phantoms.",
+)
 @click.option("--output", type=click.Path(path_type=Path), default=Path("models/demo"), show_default=True)
 @click.option("--epochs", type=float, default=30, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -234,14 +337,19 @@ def demo(data: Path | None, output: Path, epochs: float, seed: int, quiet: bool)
     click.echo("\n" + "\n".join(summary_table(result.report["variants"], result.report["labels"])))
     if result.infer_accuracy is not None:
         click.echo(f"\ninfer (int8) accuracy on the held-out images: {result.infer_accuracy:.3f}")
-    click.echo("\n".join([
-        "", f"everything is under {result.output}/:",
-        f"  trained model      {result.run_dir}/ (metrics.json, confusion_matrix.png, README.md)",
-        f"  ONNX variants      {result.onnx_dir}/ (manifest.json)",
-        f"  predictions        {result.predictions}",
-        f"  evaluation report  {result.output / 'evaluation' / 'report.md'}",
-        "  timings            " + ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items()),
-    ]))
+    click.echo(
+        "\n".join(
+            [
+                "",
+                f"everything is under {result.output}/:",
+                f"  trained model      {result.run_dir}/ (metrics.json, confusion_matrix.png, README.md)",
+                f"  ONNX variants      {result.onnx_dir}/ (manifest.json)",
+                f"  predictions        {result.predictions}",
+                f"  evaluation report  {result.output / 'evaluation' / 'report.md'}",
+                "  timings            " + ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items()),
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -64,12 +64,26 @@ def demo(cfg: DemoConfig) -> DemoResult:
     predictions = cfg.output / "predictions.int8.csv"
     with clock("infer"):
         _stage("infer", f"{exported.output / int8_file} on the held-out test images")
-        summary = infer(InferConfig(model=exported.output / int8_file, inputs=_paths_from_csv(test_csv),
-                                    output=predictions, labels_csv=test_csv, progress=cfg.progress))
+        summary = infer(
+            InferConfig(
+                model=exported.output / int8_file,
+                inputs=_paths_from_csv(test_csv),
+                output=predictions,
+                labels_csv=test_csv,
+                progress=cfg.progress,
+            )
+        )
     with clock("evaluate"):
         _stage("evaluate", "every variant side by side")
-        report = evaluate(EvaluateConfig(run_dir=run_dir, data=test_csv, split=None,
-                                         output=cfg.output / "evaluation", bootstrap_samples=500))
+        report = evaluate(
+            EvaluateConfig(
+                run_dir=run_dir,
+                data=test_csv,
+                split=None,
+                output=cfg.output / "evaluation",
+                bootstrap_samples=500,
+            )
+        )
     accuracy = summary.metrics["accuracy"] if summary.metrics else None
     return DemoResult(cfg.output, run_dir, exported.output, predictions, report, accuracy, timings)
 
@@ -93,9 +107,21 @@ def _train_config(cfg: DemoConfig, data: Path, run_dir: Path) -> Any:
     _stage("train", f"{cfg.model} ViT (random init) for {cfg.epochs:g} epochs -> {run_dir}")
     # A from-scratch tiny ViT wants a far higher learning rate than the fine-tuning recipe,
     # and gentler crops: a crop that misses the lesion teaches the wrong label.
-    return TrainConfig(model=cfg.model, data=str(data), output=run_dir, epochs=cfg.epochs, learning_rate=1e-3,
-                       train_batch_size=32, eval_batch_size=64, crop_scale=(0.5, 1.0), warmup_ratio=0.05,
-                       logging_steps=5, dataloader_workers=0, seed=cfg.seed, progress=cfg.progress)
+    return TrainConfig(
+        model=cfg.model,
+        data=str(data),
+        output=run_dir,
+        epochs=cfg.epochs,
+        learning_rate=1e-3,
+        train_batch_size=32,
+        eval_batch_size=64,
+        crop_scale=(0.5, 1.0),
+        warmup_ratio=0.05,
+        logging_steps=5,
+        dataloader_workers=0,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
 
 
 def _test_split_csv(split_csv: Path, target: Path) -> Path:

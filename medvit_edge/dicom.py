@@ -5,7 +5,9 @@ Each frame of a (multi-frame) ultrasound file becomes one RGB image:
 * ``RGB`` stays; ``YBR_FULL``/``YBR_FULL_422`` are converted to RGB by pydicom;
 * ``PALETTE COLOR`` goes through its colour lookup table;
 * ``MONOCHROME2`` is repeated into three channels, ``MONOCHROME1`` is inverted first;
-* more than 8 stored bits are scaled by the stored range (``v * 255 / (2**bits - 1)``).
+* monochrome with more than 8 stored bits goes through the file's VOI window (Window
+  Center/Width or VOI LUT) when it has one, then each frame's min..max is stretched to 0..255;
+  colour with more than 8 bits is scaled by the stored range (``v * 255 / (2**bits - 1)``).
 """
 
 from __future__ import annotations
@@ -61,18 +63,20 @@ def read_dicom_frames(path: str | os.PathLike[str]) -> list[Image.Image]:
     if frames == 1 and pixels.ndim == (3 if colour else 2):
         pixels = pixels[None]
     bits = int(dataset.get("BitsStored", 8))
-    return [_frame_to_rgb(frame, photometric, bits, path) for frame in pixels]
+    return [_frame_to_rgb(frame, photometric, bits, dataset, path) for frame in pixels]
 
 
-def _frame_to_rgb(frame: np.ndarray, photometric: str, bits: int, path: object) -> Image.Image:
-    if photometric == "PALETTE COLOR":
-        # The colour LUT yields 16-bit (or 8-bit) entries regardless of BitsStored.
-        bits = 16 if frame.dtype.itemsize > 1 else 8
-    values = frame.astype(np.float64)
-    if frame.dtype.kind == "i":
-        values -= values.min()  # signed data: shift into the positive range before scaling
-    top = float(2**bits - 1) if bits > 8 else 255.0
-    pixels = np.rint(np.clip(values * (255.0 / top), 0, 255)).astype(np.uint8)
+def _frame_to_rgb(
+    frame: np.ndarray, photometric: str, bits: int, dataset: object, path: object
+) -> Image.Image:
+    if photometric.startswith("MONOCHROME") and bits > 8:
+        pixels = _window_monochrome(frame, dataset)
+    else:
+        if photometric == "PALETTE COLOR":
+            # The colour LUT yields 16-bit (or 8-bit) entries regardless of BitsStored.
+            bits = 16 if frame.dtype.itemsize > 1 else 8
+        top = float(2**bits - 1) if bits > 8 else 255.0
+        pixels = np.rint(np.clip(frame.astype(np.float64) * (255.0 / top), 0, 255)).astype(np.uint8)
     if photometric == "MONOCHROME1":
         pixels = 255 - pixels
     if pixels.ndim == 2:
@@ -80,3 +84,14 @@ def _frame_to_rgb(frame: np.ndarray, photometric: str, bits: int, path: object) 
     if pixels.ndim == 3 and pixels.shape[2] == 3:
         return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
     raise ImageDecodeError(f"{path}: unexpected DICOM frame shape {frame.shape}")
+
+
+def _window_monochrome(frame: np.ndarray, dataset: object) -> np.ndarray:
+    from pydicom.pixels import apply_voi_lut
+
+    values = frame.astype(np.float64)
+    if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
+        values = apply_voi_lut(frame, dataset).astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return np.rint((values - low) * scale).astype(np.uint8)

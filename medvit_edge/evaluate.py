@@ -90,14 +90,18 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
 def _load_models(cfg: EvaluateConfig) -> tuple[list[_Model], list[str], Any]:
     manifest = read_manifest(cfg.onnx_dir) or {}
-    entries = manifest.get("variants") or [{"file": p.name, "status": "unknown"} for p in sorted(cfg.onnx_dir.glob("*.onnx"))]
+    entries = manifest.get("variants") or [
+        {"file": p.name, "status": "unknown"} for p in sorted(cfg.onnx_dir.glob("*.onnx"))
+    ]
     if not entries:
         raise FileNotFoundError(f"{cfg.onnx_dir}: no ONNX variants; run `medvit-edge export` first")
     models = []
     for entry in entries:
         path = cfg.onnx_dir / entry["file"]
         classifier = Classifier.load(path, device="cpu", threads=cfg.threads)
-        models.append(_Model(classifier.variant, entry.get("status", "unknown"), path.stat().st_size, classifier.run))
+        models.append(
+            _Model(classifier.variant, entry.get("status", "unknown"), path.stat().st_size, classifier.run)
+        )
     labels, spec = classifier.labels, classifier.spec
     torch_model = _pytorch_model(cfg) if cfg.pytorch else None
     if torch_model is not None:
@@ -144,11 +148,19 @@ def _load_images(cfg: EvaluateConfig, spec: Any) -> tuple[list[LabelledImage], n
 
 
 def _batched(run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([run(pixels[s : s + batch]) for s in range(0, len(pixels), batch)]).astype(np.float32)
+    return np.concatenate([run(pixels[s : s + batch]) for s in range(0, len(pixels), batch)]).astype(
+        np.float32
+    )
 
 
-def _row(model: _Model, logits: np.ndarray, truth: np.ndarray, labels: list[str], pixels: np.ndarray,
-         cfg: EvaluateConfig) -> dict[str, Any]:
+def _row(
+    model: _Model,
+    logits: np.ndarray,
+    truth: np.ndarray,
+    labels: list[str],
+    pixels: np.ndarray,
+    cfg: EvaluateConfig,
+) -> dict[str, Any]:
     probabilities = softmax(logits)
     predicted = probabilities.argmax(axis=1)
     metrics = classification_metrics(truth, predicted, labels)
@@ -190,8 +202,11 @@ def _latency(run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, runs: 
         run(pixels[i % len(pixels) : i % len(pixels) + 1])
         times.append((time.perf_counter() - started) * 1000)
     quantiles = statistics.quantiles(times, n=20) if len(times) > 1 else times * 19
-    return {"latency_p50_ms": statistics.median(times), "latency_p95_ms": quantiles[18],
-            "rss_growth_mb": max(_rss_mb() - before, 0.0) if before else None}
+    return {
+        "latency_p50_ms": statistics.median(times),
+        "latency_p95_ms": quantiles[18],
+        "rss_growth_mb": max(_rss_mb() - before, 0.0) if before else None,
+    }
 
 
 def _throughput(run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, batch: int) -> float:
@@ -203,17 +218,26 @@ def _throughput(run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, bat
     return repeats * batch / (time.perf_counter() - started)
 
 
-def _disagreements(images: list[LabelledImage], all_logits: dict[str, np.ndarray], reference: str,
-                   labels: list[str]) -> list[dict[str, Any]]:
+def _disagreements(
+    images: list[LabelledImage], all_logits: dict[str, np.ndarray], reference: str, labels: list[str]
+) -> list[dict[str, Any]]:
     """Images where a variant's label differs from the reference's, with both probabilities."""
     ref_probs = softmax(all_logits[reference])
     found = []
     for name, logits in all_logits.items():
         probs = softmax(logits)
         for i in np.nonzero(probs.argmax(1) != ref_probs.argmax(1))[0]:
-            found.append({"variant": name, "image": images[i].key, "truth": images[i].label,
-                          "reference_label": labels[int(ref_probs[i].argmax())], "variant_label": labels[int(probs[i].argmax())],
-                          "reference_probs": ref_probs[i].round(4).tolist(), "variant_probs": probs[i].round(4).tolist()})
+            found.append(
+                {
+                    "variant": name,
+                    "image": images[i].key,
+                    "truth": images[i].label,
+                    "reference_label": labels[int(ref_probs[i].argmax())],
+                    "variant_label": labels[int(probs[i].argmax())],
+                    "reference_probs": ref_probs[i].round(4).tolist(),
+                    "variant_probs": probs[i].round(4).tolist(),
+                }
+            )
     return found
 
 

@@ -260,7 +260,9 @@ def write_predictions(path: Path, rows: list[dict[str, Any]], labels: list[str])
         format_predictions(handle, rows, labels, jsonl=path.suffix.lower() == ".jsonl")
 
 
-def format_predictions(handle: TextIO, rows: list[dict[str, Any]], labels: list[str], jsonl: bool = False) -> None:
+def format_predictions(
+    handle: TextIO, rows: list[dict[str, Any]], labels: list[str], jsonl: bool = False
+) -> None:
     """One row per frame: path, frame, label, a probability column per class, variant, sha256, error."""
     columns = ["path", "frame", "label", *labels, "variant", "model_sha256", "error"]
     if jsonl:

@@ -127,7 +127,9 @@ def bootstrap_ci(
     low, high = (1 - level) / 2 * 100, (1 + level) / 2 * 100
 
     def interval(values: np.ndarray) -> list[float] | None:
-        return [float(np.percentile(values, low)), float(np.percentile(values, high))] if len(values) else None
+        return (
+            [float(np.percentile(values, low)), float(np.percentile(values, high))] if len(values) else None
+        )
 
     return {"accuracy": interval(accuracy), "recall": [interval(r) for r in recalls], "level": level}
 
@@ -146,6 +148,13 @@ def calibration(probabilities: np.ndarray, y_true: Sequence[int], bins: int = 10
             continue
         accuracy, mean_conf = float(correct[members].mean()), float(confidence[members].mean())
         ece += members.mean() * abs(accuracy - mean_conf)
-        table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(members.sum()),
-                      "accuracy": accuracy, "confidence": mean_conf})
+        table.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "count": int(members.sum()),
+                "accuracy": accuracy,
+                "confidence": mean_conf,
+            }
+        )
     return {"ece": float(ece), "bins": table}

@@ -11,8 +11,13 @@ from medvit_edge.files import atomic_writer, write_json_atomic
 from medvit_edge.metrics import calibration, softmax
 
 
-def write_report(report: dict[str, Any], all_logits: dict[str, np.ndarray], truth: np.ndarray,
-                 output: Path, plots: bool = True) -> None:
+def write_report(
+    report: dict[str, Any],
+    all_logits: dict[str, np.ndarray],
+    truth: np.ndarray,
+    output: Path,
+    plots: bool = True,
+) -> None:
     output.mkdir(parents=True, exist_ok=True)
     images = _plots(report, all_logits, truth, output) if plots else []
     report["plots"] = images
@@ -23,17 +28,29 @@ def write_report(report: dict[str, Any], all_logits: dict[str, np.ndarray], trut
 
 def summary_table(rows: list[dict[str, Any]], labels: list[str]) -> list[str]:
     """The side-by-side table (markdown), one row per variant."""
-    header = (["variant", "status", "size MB", "accuracy (95% CI)", "bal. acc."]
-              + [f"recall {label}" for label in labels]
-              + ["max abs Δlogit", "agreement", "p50 ms", "p95 ms", "img/s"])
+    header = (
+        ["variant", "status", "size MB", "accuracy (95% CI)", "bal. acc."]
+        + [f"recall {label}" for label in labels]
+        + ["max abs Δlogit", "agreement", "p50 ms", "p95 ms", "img/s"]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         ci = row.get("accuracy_ci")
         accuracy = f"{row['accuracy']:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
         recalls = [f"{row['recall'][label]:.3f}" for label in labels]
-        cells = [row["variant"], row["status"], f"{row['size_mb']:.2f}", accuracy, f"{row['balanced_accuracy']:.3f}",
-                 *recalls, f"{row.get('max_abs_logit_diff', 0):.1e}", f"{row.get('top1_agreement', 1):.1%}",
-                 f"{row['latency_p50_ms']:.1f}", f"{row['latency_p95_ms']:.1f}", f"{row['throughput_ips']:.1f}"]
+        cells = [
+            row["variant"],
+            row["status"],
+            f"{row['size_mb']:.2f}",
+            accuracy,
+            f"{row['balanced_accuracy']:.3f}",
+            *recalls,
+            f"{row.get('max_abs_logit_diff', 0):.1e}",
+            f"{row.get('top1_agreement', 1):.1%}",
+            f"{row['latency_p50_ms']:.1f}",
+            f"{row['latency_p95_ms']:.1f}",
+            f"{row['throughput_ips']:.1f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -44,9 +61,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "# Variant comparison",
         "",
         f"Model `{report['run_dir']}`, {report['images']} images from `{report['data']}`"
-        + (f" (split `{report['split']}`)" if report.get("split") else "") + f". Machine: {report['machine']}.",
-        f"Parity is measured against `{report['reference']}` on the same preprocessed tensors; latency is batch 1, "
-        f"throughput at batch {rows[0]['throughput_batch']}.",
+        + (f" (split `{report['split']}`)" if report.get("split") else "")
+        + f". Machine: {report['machine']}.",
+        f"Parity is measured against `{report['reference']}` on the same preprocessed tensors; "
+        f"latency is batch 1, throughput at batch {rows[0]['throughput_batch']}.",
         "",
         *summary_table(rows, labels),
         "",
@@ -61,10 +79,16 @@ def render_markdown(report: dict[str, Any]) -> str:
             auc = row["auc"].get(label)
             auc_text = f"{auc:.3f}" if auc is not None else "n/a"
             interval = f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else ""
-            lines.append(f"| {row['variant']} | {label} | {row['recall'][label]:.3f}{interval} "
-                         f"| {row['specificity'][label]:.3f} | {auc_text} |")
-    lines += ["", "Calibration (expected calibration error, 10 bins): "
-              + ", ".join(f"{r['variant']} {r['ece']:.3f}" for r in rows), ""]
+            lines.append(
+                f"| {row['variant']} | {label} | {row['recall'][label]:.3f}{interval} "
+                f"| {row['specificity'][label]:.3f} | {auc_text} |"
+            )
+    lines += [
+        "",
+        "Calibration (expected calibration error, 10 bins): "
+        + ", ".join(f"{r['variant']} {r['ece']:.3f}" for r in rows),
+        "",
+    ]
     lines += _flags(report)
     lines += _disagreement_lines(report)
     if report.get("plots"):
@@ -77,14 +101,19 @@ def _flags(report: dict[str, Any]) -> list[str]:
     flags = report["data_flags"]
     lines = ["## Data notes", ""]
     conflicts = flags["label_conflict_images"]
-    lines.append(f"- label-conflict images evaluated: {len(conflicts)}" + (f" ({', '.join(conflicts[:5])})" if conflicts else ""))
+    lines.append(
+        f"- label-conflict images evaluated: {len(conflicts)}"
+        + (f" ({', '.join(conflicts[:5])})" if conflicts else "")
+    )
     if flags["group_column_present"]:
-        lines.append(f"- images sharing a near-duplicate group within this set: {flags['duplicate_group_images']}")
+        lines.append(
+            f"- images sharing a near-duplicate group within this set: {flags['duplicate_group_images']}"
+        )
     else:
         lines.append("- the data has no duplicate-group column: near-duplicates were not checked")
     if report["skipped"]:
         lines.append(f"- unreadable images skipped: {len(report['skipped'])}")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _disagreement_lines(report: dict[str, Any]) -> list[str]:
@@ -92,17 +121,23 @@ def _disagreement_lines(report: dict[str, Any]) -> list[str]:
     lines = ["## Disagreements with the reference", ""]
     if not found:
         return [*lines, "None: every variant gives the reference's label on every image."]
-    lines += ["| variant | image | truth | reference | variant says | reference probs | variant probs |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "| variant | image | truth | reference | variant says | reference probs | variant probs |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for d in found[:50]:
-        lines.append(f"| {d['variant']} | {d['image']} | {d['truth']} | {d['reference_label']} | {d['variant_label']} "
-                     f"| {d['reference_probs']} | {d['variant_probs']} |")
+        lines.append(
+            f"| {d['variant']} | {d['image']} | {d['truth']} | {d['reference_label']} | {d['variant_label']} "
+            f"| {d['reference_probs']} | {d['variant_probs']} |"
+        )
     if len(found) > 50:
         lines.append(f"\n{len(found) - 50} more in report.json.")
     return lines
 
 
-def _plots(report: dict[str, Any], all_logits: dict[str, np.ndarray], truth: np.ndarray, output: Path) -> list[str]:
+def _plots(
+    report: dict[str, Any], all_logits: dict[str, np.ndarray], truth: np.ndarray, output: Path
+) -> list[str]:
     try:
         import matplotlib
 
@@ -110,8 +145,11 @@ def _plots(report: dict[str, Any], all_logits: dict[str, np.ndarray], truth: np.
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    written = [_confusion_grid(plt, report, output), _reliability(plt, report, all_logits, truth, output),
-               _latency_accuracy(plt, report, output)]
+    written = [
+        _confusion_grid(plt, report, output),
+        _reliability(plt, report, all_logits, truth, output),
+        _latency_accuracy(plt, report, output),
+    ]
     return written
 
 
@@ -124,10 +162,23 @@ def _confusion_grid(plt: Any, report: dict[str, Any], output: Path) -> str:
         axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
         for i in range(len(labels)):
             for j in range(len(labels)):
-                axis.text(j, i, f"{counts[i, j]}\n{shares[i, j]:.0%}", ha="center", va="center",
-                          color="white" if shares[i, j] > 0.6 else "black", fontsize=8)
-        axis.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
-                 title=row["variant"], xlabel="predicted")
+                axis.text(
+                    j,
+                    i,
+                    f"{counts[i, j]}\n{shares[i, j]:.0%}",
+                    ha="center",
+                    va="center",
+                    color="white" if shares[i, j] > 0.6 else "black",
+                    fontsize=8,
+                )
+        axis.set(
+            xticks=range(len(labels)),
+            yticks=range(len(labels)),
+            xticklabels=labels,
+            yticklabels=labels,
+            title=row["variant"],
+            xlabel="predicted",
+        )
     axes[0][0].set_ylabel("true")
     fig.tight_layout()
     fig.savefig(output / "confusion_matrices.png", dpi=90)
@@ -135,15 +186,21 @@ def _confusion_grid(plt: Any, report: dict[str, Any], output: Path) -> str:
     return "confusion_matrices.png"
 
 
-def _reliability(plt: Any, report: dict[str, Any], all_logits: dict[str, np.ndarray], truth: np.ndarray,
-                 output: Path) -> str:
+def _reliability(
+    plt: Any, report: dict[str, Any], all_logits: dict[str, np.ndarray], truth: np.ndarray, output: Path
+) -> str:
     fig, axis = plt.subplots(figsize=(4.6, 4.2))
     axis.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     for name, logits in all_logits.items():
         bins = calibration(softmax(logits), truth)["bins"]
         axis.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label=name, alpha=0.8)
-    axis.set(xlabel="confidence (top-1 probability)", ylabel="accuracy", title="Reliability diagram", xlim=(0, 1),
-             ylim=(0, 1.02))
+    axis.set(
+        xlabel="confidence (top-1 probability)",
+        ylabel="accuracy",
+        title="Reliability diagram",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(output / "reliability.png", dpi=90)
@@ -154,11 +211,22 @@ def _reliability(plt: Any, report: dict[str, Any], all_logits: dict[str, np.ndar
 def _latency_accuracy(plt: Any, report: dict[str, Any], output: Path) -> str:
     fig, axis = plt.subplots(figsize=(5.2, 3.8))
     for row in report["variants"]:
-        axis.scatter(row["latency_p50_ms"], row["accuracy"], s=30 + 200 * row["size_mb"] / max(
-            r["size_mb"] for r in report["variants"]), alpha=0.7)
-        axis.annotate(f"{row['variant']}\n{row['size_mb']:.1f} MB", (row["latency_p50_ms"], row["accuracy"]),
-                      textcoords="offset points", xytext=(6, 4), fontsize=8)
-    axis.set(xlabel="latency p50, batch 1 (ms)", ylabel="accuracy", title="Latency vs accuracy (marker: size)")
+        axis.scatter(
+            row["latency_p50_ms"],
+            row["accuracy"],
+            s=30 + 200 * row["size_mb"] / max(r["size_mb"] for r in report["variants"]),
+            alpha=0.7,
+        )
+        axis.annotate(
+            f"{row['variant']}\n{row['size_mb']:.1f} MB",
+            (row["latency_p50_ms"], row["accuracy"]),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
+    axis.set(
+        xlabel="latency p50, batch 1 (ms)", ylabel="accuracy", title="Latency vs accuracy (marker: size)"
+    )
     fig.tight_layout()
     fig.savefig(output / "latency_accuracy.png", dpi=90)
     plt.close(fig)

@@ -101,6 +101,9 @@ class Classifier:
         self.spec = metadata.preprocess
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
+        # Dynamic int8 picks activation ranges from the whole batch, so an image's result would
+        # depend on its batch-mates. One image per call keeps every result reproducible.
+        self.one_image_per_run = metadata.quantization.get("mode") == "dynamic"
 
     @classmethod
     def load(
@@ -139,6 +142,8 @@ class Classifier:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed (N, 3, size, size) float32 -> logits (N, classes)."""
+        if self.one_image_per_run and len(batch) > 1:
+            return np.concatenate([self.run(batch[i : i + 1]) for i in range(len(batch))])
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
     def predict_proba(self, images: Sequence[ImageInput]) -> np.ndarray:

@@ -127,11 +127,13 @@ def write_model_card(
     leakage = bundle.leakage
     lines += [
         f"- near-duplicate groups (16x16 dHash, distance <= {cfg.duplicate_hash_distance}): "
-        f"{leakage.get('near_duplicate_groups', 0)}; straddling splits: {len(leakage.get('cross_split_groups', []))}; "
+        f"{leakage.get('near_duplicate_groups', 0)}; "
+        f"straddling splits: {len(leakage.get('cross_split_groups', []))}; "
         f"with conflicting labels: {len(leakage.get('label_conflict_groups', []))} (see data_report.json)",
         "",
         "## Recipe",
-        f"Model `{cfg.model}`, lr {cfg.learning_rate}, batch {cfg.train_batch_size} (eval {cfg.eval_batch_size}), "
+        f"Model `{cfg.model}`, lr {cfg.learning_rate}, batch {cfg.train_batch_size} "
+        f"(eval {cfg.eval_batch_size}), "
         f"{cfg.epochs:g} epochs, weight decay {cfg.weight_decay}, best checkpoint by validation "
         f"{cfg.metric_for_best_model}, class-weighted loss: {cfg.class_weighted_loss}. Full settings: "
         "`train_config.json`.",

@@ -114,7 +114,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 def build_trainer(cfg: TrainConfig, bundle: DataBundle, model: Any, spec: Any) -> Any:
     import torch
     from transformers import TrainingArguments
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgressCallback
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as HFProgressCallback
 
     from .trainer import ProgressCallback, WeightedLossTrainer, precision_flags
 

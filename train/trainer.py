@@ -56,20 +56,29 @@ class ProgressCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=state.max_steps, initial=state.global_step, file=sys.stderr, unit="step",
-                        disable=not self.enabled, dynamic_ncols=True, leave=False)
+        self.bar = tqdm(
+            total=state.max_steps,
+            initial=state.global_step,
+            file=sys.stderr,
+            unit="step",
+            disable=not self.enabled,
+            dynamic_ncols=True,
+            leave=False,
+        )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
-               **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any
+    ) -> None:
         if self.bar is not None and logs and "loss" in logs:
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}", epoch=f"{state.epoch:.1f}")
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
-                    **kwargs: Any) -> None:
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
+    ) -> None:
         metrics = metrics or {}
         losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
         value = metrics.get(self.metric)
@@ -81,9 +90,11 @@ class ProgressCallback(TrainerCallback):
         train_loss = f"{losses[-1]:.4f}" if losses else "n/a"
         shown = f"{value:.4f}" if value is not None else "n/a"
         best = f"{self.best:.4f}" if self.best is not None else "n/a"
-        line = (f"epoch {epoch}/{args.num_train_epochs:g}  train loss {train_loss}  "
-                f"val loss {metrics.get('eval_loss', float('nan')):.4f}  "
-                f"{self.metric.removeprefix('eval_')} {shown} (best {best})")
+        line = (
+            f"epoch {epoch}/{args.num_train_epochs:g}  train loss {train_loss}  "
+            f"val loss {metrics.get('eval_loss', float('nan')):.4f}  "
+            f"{self.metric.removeprefix('eval_')} {shown} (best {best})"
+        )
         if self.bar is not None and self.enabled:
             self.bar.write(line, file=sys.stderr)
         else:

@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - create .venv, install everything, run the offline demo
+#   make test   - create .venv, install everything, run the test suite
+# TORCH pins the torch/torchvision pair (other pairs may not import together); override it for
+# another platform, e.g. make test TORCH="torch==2.9.1 torchvision==0.24.1".
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH) -e ".[all]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/medvit-edge demo
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check medvit_edge train export tests bench
+	$(BIN)/ruff format --check medvit_edge train export tests bench
+
+clean:
+	rm -rf $(VENV) models/demo

@@ -1,0 +1,128 @@
+"""tiny ViT -> every variant -> validate -> reload through the runtime -> predict, on BUSI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medvit_edge.runtime import Classifier, ModelLoadError
+
+from .conftest import needs_export
+
+pytestmark = [needs_export, pytest.mark.busi]
+VARIANTS = {"model.onnx": "fp32", "model.fp16.onnx": "fp16", "model.int8.onnx": "int8-dynamic"}
+
+
+def test_every_variant_is_validated_and_listed(tiny_busi_export: Path) -> None:
+    manifest = json.loads((tiny_busi_export / "manifest.json").read_text())
+    entries = {v["file"]: v for v in manifest["variants"]}
+    assert set(entries) == set(VARIANTS)
+    fp32 = entries["model.onnx"]["validation"]
+    assert fp32["images"] == 64 and fp32["max_abs_logit_diff"] <= 1e-4 and fp32["top1_agreement"] == 1.0
+    assert entries["model.onnx"]["status"] == "passed"
+    for name, entry in entries.items():
+        assert entry["variant"] == VARIANTS[name]
+        assert entry["size_bytes"] == (tiny_busi_export / name).stat().st_size
+        assert "accuracy" in entry["validation"] and "recall" in entry["validation"]
+    assert entries["model.int8.onnx"]["size_bytes"] < entries["model.onnx"]["size_bytes"]
+    assert manifest["labels"] == ["benign", "malignant", "normal"]
+
+
+def test_metadata_round_trips_and_runtime_predicts(tiny_busi_export: Path, busi_images: list) -> None:
+    import onnx
+
+    from medvit_edge.metadata import ModelMetadata
+
+    for name, variant in VARIANTS.items():
+        path = tiny_busi_export / name
+        props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        metadata = ModelMetadata.from_props(props)
+        assert metadata.variant == variant and metadata.labels == ("benign", "malignant", "normal")
+        assert metadata.preprocess.size == 64 and len(metadata.source_sha256) == 64
+        classifier = Classifier.load(path, device="cpu")
+        assert classifier.sha256 is not None  # verified against the manifest
+        predictions = classifier.predict(busi_images[:5])
+        assert [p.label in classifier.labels for p in predictions] == [True] * 5
+        assert all(abs(sum(p.probabilities.values()) - 1) < 1e-5 for p in predictions)
+
+
+def test_fp16_keeps_float32_io_and_overflow_prone_ops(tiny_busi_export: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(tiny_busi_export / "model.fp16.onnx"))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    half = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert len(half) > 10
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info}
+    for node in model.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax"):
+            assert types.get(node.output[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT, node.name
+
+
+def test_int8_quantizes_only_weight_matmuls(tiny_busi_export: Path) -> None:
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(tiny_busi_export / "model.int8.onnx")).graph.node]
+    assert ops.count("MatMulInteger") >= 4 * 6  # 4 blocks x (q, k, v, out, fc1, fc2)
+    assert ops.count("MatMul") >= 4 * 2  # attention's activation x activation MatMuls stay float
+
+
+def test_tampered_or_truncated_model_is_refused(tiny_busi_export: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "onnx"
+    shutil.copytree(tiny_busi_export, copy)
+    model = copy / "model.int8.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="checksum mismatch"):
+        Classifier.load(model)
+    truncated = copy / "model.onnx"
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="checksum mismatch"):
+        Classifier.load(truncated)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(ModelLoadError, match="--verify needs a manifest"):
+        Classifier.load(copy / "model.fp16.onnx", verify=True)
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        Classifier.load(truncated)
+
+
+def test_a_corrupted_variant_fails_validation(tiny_busi_run: Path, tmp_path: Path) -> None:
+    """Corrupt weights inside a valid ONNX file: the parity check must catch it."""
+    import onnx
+    from medvit_edge.export.config import TOLERANCES
+    from medvit_edge.export.validate import compare, onnx_logits
+    from onnx import numpy_helper
+
+    source = tiny_busi_run / "onnx" / "model.onnx"
+    model = onnx.load(str(source))
+    biggest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    weights = numpy_helper.to_array(biggest).copy()
+    weights *= -3.0
+    biggest.CopyFrom(numpy_helper.from_array(weights, biggest.name))
+    tampered = tmp_path / "tampered.onnx"
+    onnx.save(model, str(tampered))
+    pixels = np.random.default_rng(0).standard_normal((16, 3, 64, 64)).astype(np.float32)
+    reference = onnx_logits(source, pixels, 8)
+    result = compare(
+        reference, onnx_logits(tampered, pixels, 8), None, ["a", "b", "c"], TOLERANCES["fp32"], ()
+    )
+    assert not result["passed"] and "Δlogit" in result["failures"][0]
+
+
+def test_folder_loads_in_optimum_and_transformers_pipeline(tiny_busi_export: Path, busi_images: list) -> None:
+    from optimum.onnxruntime import ORTModelForImageClassification
+    from PIL import Image
+
+    model = ORTModelForImageClassification.from_pretrained(tiny_busi_export, file_name="model.int8.onnx")
+    from transformers import AutoImageProcessor, pipeline
+
+    processor = AutoImageProcessor.from_pretrained(tiny_busi_export)
+    classify = pipeline("image-classification", model=model, image_processor=processor)
+    result = classify(Image.open(busi_images[0]))
+    assert {r["label"] for r in result} <= {"benign", "malignant", "normal"}

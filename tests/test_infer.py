@@ -1,0 +1,200 @@
+"""`infer` over folders with good, bad and DICOM inputs: every good row, one error per bad file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medvit_edge.files import atomic_writer
+from medvit_edge.infer import InferConfig, infer
+
+from .conftest import needs_export
+from .dicom_files import write_us_dicom
+
+pytestmark = [needs_export, pytest.mark.busi]
+
+
+def _bad_inputs(folder: Path, good: Path) -> dict[str, str]:
+    """Broken files, each with a word its error must contain."""
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_text("this is not an image")
+    data = good.read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 3])
+    jpeg = folder / "cut.jpg"
+    Image.open(good).convert("RGB").save(jpeg, quality=90)
+    jpeg.write_bytes(jpeg.read_bytes()[:400])
+    (folder / "broken link.png").symlink_to(folder / "nowhere.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    return {
+        "empty.png": "not a readable image",
+        "text.png": "not a readable image",
+        "truncated.png": "truncated.png",
+        "cut.jpg": "cut.jpg",
+        "broken link.png": "not found",
+        "loop.png": "loop.png",
+    }
+
+
+def test_folder_with_good_and_bad_images(tiny_busi_export: Path, busi_images: list, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed (séance 1)"
+    folder.mkdir()
+    good = []
+    for i, source in enumerate(busi_images[:6]):
+        target = folder / f"good {i} (ü).png"
+        target.write_bytes(source.read_bytes())
+        good.append(target)
+    Image.open(busi_images[7]).convert("L").save(folder / "grey.bmp")
+    Image.fromarray(np.asarray(Image.open(busi_images[8]).convert("L")).astype(np.uint16) * 257).save(
+        folder / "deep.tif"
+    )
+    expectations = _bad_inputs(folder, busi_images[0])
+    output = tmp_path / "preds.csv"
+    summary = infer(
+        InferConfig(
+            model=tiny_busi_export / "model.onnx", inputs=[str(folder)], output=output, progress=False
+        )
+    )
+    with open(output, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert summary.predictions == 8 and summary.failed_files == len(expectations) and summary.exit_code == 1
+    for name in [g.name for g in good] + ["grey.bmp", "deep.tif"]:
+        assert by_name[name]["error"] == "" and by_name[name]["label"] in ("benign", "malignant", "normal")
+        assert abs(sum(float(by_name[name][c]) for c in ("benign", "malignant", "normal")) - 1) < 1e-4
+    for name, word in expectations.items():
+        assert word in by_name[name]["error"] and name in by_name[name]["error"], by_name[name]
+        assert by_name[name]["label"] == ""
+    assert len(rows) == 8 + len(expectations)
+
+
+def test_class_folders_give_accuracy_and_jsonl(
+    tiny_busi_export: Path, busi_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "labelled"
+    for label in ("benign", "malignant", "normal"):
+        (folder / label).mkdir(parents=True)
+        for source in sorted((busi_dir / label).glob("*.png"))[:4]:
+            (folder / label / source.name).write_bytes(source.read_bytes())
+    output = tmp_path / "preds.jsonl"
+    summary = infer(
+        InferConfig(
+            model=tiny_busi_export / "model.int8.onnx",
+            inputs=[str(folder)],
+            output=output,
+            progress=False,
+            batch_size=5,
+        )
+    )
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(lines) == 12 and {line["variant"] for line in lines} == {"int8-dynamic"}
+    assert summary.metrics is not None and summary.metrics["n"] == 12
+    truth = [Path(line["path"]).parent.name for line in lines]
+    assert summary.metrics["accuracy"] == pytest.approx(
+        np.mean([t == line["label"] for t, line in zip(truth, lines)])
+    )
+
+
+def test_globs_and_missing_paths(tiny_busi_export: Path, busi_dir: Path, tmp_path: Path) -> None:
+    summary = infer(
+        InferConfig(
+            model=tiny_busi_export / "model.onnx",
+            progress=False,
+            inputs=[
+                str(busi_dir / "normal" / "normal (1?).png"),
+                str(tmp_path / "absent.png"),
+                str(tmp_path / "*.nothing"),
+            ],
+        )
+    )
+    assert summary.predictions == 10  # normal (10).png .. normal (19).png
+    assert summary.failed_files == 2 and any("no such file" in e for e in summary.errors)
+
+
+def test_dicom_inputs(tiny_busi_export: Path, busi_images: list, tmp_path: Path) -> None:
+    """BUSI wrapped as ultrasound DICOM (RGB, YBR_FULL, MONOCHROME2, multi-frame) and pydicom's files."""
+    pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    frames = [np.asarray(Image.open(p).convert("RGB")) for p in busi_images[:3]]
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    write_us_dicom(folder / "rgb.dcm", frames[:1])
+    write_us_dicom(folder / "ybr.dcm", frames[:1], "YBR_FULL")
+    write_us_dicom(folder / "mono.dcm", [f[:, :, 0] for f in frames[:1]], "MONOCHROME2")
+    write_us_dicom(folder / "cine.dcm", frames)
+    for name in ("examples_ybr_color.dcm", "examples_rgb_color.dcm", "examples_palette.dcm", "MR_small.dcm"):
+        (folder / name).write_bytes(Path(get_testdata_file(name)).read_bytes())
+    no_pixels = folder / "no_pixels.dcm"
+    no_pixels.write_bytes(Path(get_testdata_file("rtplan.dcm")).read_bytes())
+    jpeg_ls = folder / "jpegls.dcm"
+    jpeg_ls.write_bytes(Path(get_testdata_file("JPEGLSNearLossless_16.dcm")).read_bytes())
+    summary = infer(InferConfig(model=tiny_busi_export / "model.onnx", inputs=[str(folder)], progress=False))
+    rows: dict[str, list] = {}
+    for row in summary.rows:
+        rows.setdefault(Path(row["path"]).name, []).append(row)
+    assert [r["frame"] for r in rows["cine.dcm"]] == [0, 1, 2]
+    assert len(rows["examples_ybr_color.dcm"]) == 30
+    png = infer(
+        InferConfig(
+            model=tiny_busi_export / "model.onnx", inputs=[str(p) for p in busi_images[:3]], progress=False
+        )
+    )
+    for k in range(3):
+        assert rows["cine.dcm"][k]["label"] == png.rows[k]["label"]
+        assert rows["cine.dcm"][k]["benign"] == pytest.approx(png.rows[k]["benign"], abs=1e-6)
+    assert rows["rgb.dcm"][0]["benign"] == pytest.approx(png.rows[0]["benign"], abs=1e-6)
+    assert rows["ybr.dcm"][0]["benign"] == pytest.approx(png.rows[0]["benign"], abs=0.02)  # YBR rounding
+    for name in ("mono.dcm", "examples_rgb_color.dcm", "examples_palette.dcm", "MR_small.dcm"):
+        assert rows[name][0]["error"] == "" and rows[name][0]["label"], name
+    assert "no pixel data" in rows["no_pixels.dcm"][0]["error"]
+    assert "transfer syntax" in rows["jpegls.dcm"][0]["error"] and "JPEG-LS" in rows["jpegls.dcm"][0]["error"]
+    assert summary.failed_files == 2
+
+
+def test_atomic_writer_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "preds.csv"
+    target.write_text("old complete file\n")
+    with pytest.raises(RuntimeError), atomic_writer(target) as handle:
+        handle.write("half of a new fi")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old complete file\n"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_killed_run_leaves_old_or_complete_output(
+    tiny_busi_export: Path, busi_dir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL a real `infer` process mid-run: the output is still the old, complete file."""
+    output = tmp_path / "preds.csv"
+    output.write_text("previous,results\n")
+    command = [
+        sys.executable,
+        "-m",
+        "medvit_edge.cli",
+        "infer",
+        str(tiny_busi_export / "model.fp16.onnx"),
+        *[str(busi_dir)] * 3,
+        "--output",
+        str(output),
+        "--quiet",
+        "--batch-size",
+        "1",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
+    )
+    try:
+        process.wait(timeout=2.0)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    assert process.returncode == -9, "the run finished before it could be killed; give it more input"
+    assert output.read_text() == "previous,results\n"
