@@ -72,8 +72,9 @@ def export(cfg: ExportConfig) -> ExportResult:
 
 
 def _prepare(cfg: ExportConfig) -> _Context:
-    from medvit_edge.train.models import resolve_spec
     from transformers import AutoModelForImageClassification
+
+    from medvit_edge.train.models import resolve_spec
 
     model = AutoModelForImageClassification.from_pretrained(cfg.run_dir, use_safetensors=True).eval()
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]

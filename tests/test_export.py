@@ -95,9 +95,10 @@ def test_tampered_or_truncated_model_is_refused(tiny_busi_export: Path, tmp_path
 def test_a_corrupted_variant_fails_validation(tiny_busi_run: Path, tmp_path: Path) -> None:
     """Corrupt weights inside a valid ONNX file: the parity check must catch it."""
     import onnx
+    from onnx import numpy_helper
+
     from medvit_edge.export.config import TOLERANCES
     from medvit_edge.export.validate import compare, onnx_logits
-    from onnx import numpy_helper
 
     source = tiny_busi_run / "onnx" / "model.onnx"
     model = onnx.load(str(source))

@@ -43,9 +43,9 @@ def test_predict_accepts_paths_pil_arrays_and_batches(classifier: Classifier, bu
 
 def test_runtime_equals_onnxruntime_fed_by_torchvision(classifier: Classifier, busi_images: list) -> None:
     import onnxruntime as ort
-    from medvit_edge.train.models import torchvision_transforms
 
     from medvit_edge.metrics import softmax
+    from medvit_edge.train.models import torchvision_transforms
 
     transform = torchvision_transforms(classifier.spec, train=False)
     session = ort.InferenceSession(str(classifier.path), providers=["CPUExecutionProvider"])

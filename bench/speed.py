@@ -1,0 +1,250 @@
+"""Inference speed suite: ViT-B/16 and ViT-L/16 (random init; speed does not depend on weights).
+
+Interleaved in one run, batch 1 and a larger batch: PyTorch eager fp32, the transformers
+pipeline, Optimum's ORTModelForImageClassification pipeline, and this project's runtime with each
+variant. Also: preprocessing per image, import time, cold start, peak RSS (fresh processes), and
+folder `infer` throughput against model-only throughput.
+
+    python -m bench.speed [--models base large] [--rounds 5] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from bench.common import BUSI, REPO, machine, median_ms, save_json
+
+SIZES = {
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+def build_model(size: str, root: Path) -> Path:
+    """A ViT-{B,L}/16 classifier folder (save_pretrained + preprocess.json) and its ONNX variants."""
+    folder = root / f"vit-{size}"
+    if (folder / "onnx" / "manifest.json").is_file():
+        return folder
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from medvit_edge.export import ExportConfig, export
+    from medvit_edge.preprocess import PreprocessSpec
+    from medvit_edge.train.models import save_model
+
+    labels = ["benign", "malignant", "normal"]
+    config = ViTConfig(
+        **SIZES[size],
+        num_labels=3,
+        id2label=dict(enumerate(labels)),
+        label2id={k: i for i, k in enumerate(labels)},
+    )
+    save_model(ViTForImageClassification(config).eval(), PreprocessSpec(), folder)
+    export(
+        ExportConfig(
+            run_dir=folder,
+            fp16=True,
+            int8="dynamic",
+            data=BUSI / "split.csv",
+            data_split="test",
+            max_validation_images=16,
+            allow_degraded=True,
+            int8_guard_search=False,
+        )
+    )
+    return folder
+
+
+def runners(
+    folder: Path, threads: int
+) -> dict[str, tuple[Callable[[np.ndarray], Any], Callable[[list], Any]]]:
+    """name -> (model-only call on a preprocessed batch, end-to-end call on PIL images)."""
+    import torch
+    from optimum.onnxruntime import ORTModelForImageClassification
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    from medvit_edge.runtime import Classifier
+
+    torch.set_num_threads(threads)
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    processor = AutoImageProcessor.from_pretrained(folder)
+    hf_pipe = pipeline("image-classification", model=model, image_processor=processor, device="cpu")
+    ort_model = ORTModelForImageClassification.from_pretrained(folder / "onnx", file_name="model.onnx")
+    ort_pipe = pipeline("image-classification", model=ort_model, image_processor=processor)
+
+    def torch_run(batch: np.ndarray) -> Any:
+        with torch.inference_mode():
+            return model(pixel_values=torch.from_numpy(batch)).logits
+
+    found = {
+        "PyTorch eager fp32": (torch_run, lambda images: hf_pipe(images, batch_size=len(images))),
+        "Optimum ORTModel fp32": (
+            lambda b: ort_model(pixel_values=torch.from_numpy(b)),
+            lambda images: ort_pipe(images, batch_size=len(images)),
+        ),
+    }
+    for variant, name in VARIANT_FILES.items():
+        classifier = Classifier.load(folder / "onnx" / name, device="cpu", threads=threads)
+        found[f"medvit-edge {variant}"] = (classifier.run, classifier.predict_proba)
+    return found
+
+
+def interleaved(found: dict[str, Any], images: list[Image.Image], batch: int, rounds: int) -> dict[str, Any]:
+    """Every runner once per round, rounds repeated: slow drifts of the machine hit all alike."""
+    from medvit_edge.preprocess import PreprocessSpec, preprocess_batch
+
+    pixels = {n: preprocess_batch(images[:n], PreprocessSpec()) for n in (1, batch)}
+    calls = [(name, n, mode) for name in found for n in (1, batch) for mode in ("model", "end-to-end")]
+    times: dict[tuple[str, int, str], list[float]] = {c: [] for c in calls}
+    for name, n, mode in calls:  # warm-up
+        _call(found[name], mode, pixels[n], images[:n])
+    for _ in range(rounds):
+        for call in calls:
+            name, n, mode = call
+            started = time.perf_counter()
+            _call(found[name], mode, pixels[n], images[:n])
+            times[call].append((time.perf_counter() - started) * 1000 / n)
+    return {f"{name}|{n}|{mode}": statistics.median(t) for (name, n, mode), t in times.items()}
+
+
+def _call(runner: tuple[Callable, Callable], mode: str, pixels: np.ndarray, images: list) -> Any:
+    return runner[0](pixels) if mode == "model" else runner[1](images)
+
+
+def preprocessing_ms(image: Image.Image) -> dict[str, float]:
+    from transformers import ViTImageProcessor
+
+    from medvit_edge.preprocess import PreprocessSpec, preprocess
+    from medvit_edge.train.models import torchvision_transforms
+
+    spec = PreprocessSpec()
+    hf = ViTImageProcessor()
+    tv = torchvision_transforms(spec, train=False)
+    return {
+        "medvit-edge (numpy + Pillow)": median_ms(lambda: preprocess(image, spec), 200)["median_ms"],
+        "torchvision": median_ms(lambda: tv(image), 200)["median_ms"],
+        "ViTImageProcessor": median_ms(lambda: hf(image, return_tensors="np"), 200)["median_ms"],
+    }
+
+
+PROBE = """
+import resource, sys, time, json
+t0 = time.perf_counter()
+from medvit_edge import Classifier
+t1 = time.perf_counter()
+clf = Classifier.load(sys.argv[1], device="cpu")
+t2 = time.perf_counter()
+clf.predict(sys.argv[2])
+t3 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_prediction_s": t3 - t2,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def fresh_process(model: Path, image: Path) -> dict[str, float]:
+    """Process start to first prediction, and peak RSS, in a new interpreter."""
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(model), str(image)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    data["process_to_first_prediction_s"] = time.perf_counter() - started
+    return data
+
+
+def import_time() -> float:
+    code = "import time; t = time.perf_counter(); import medvit_edge.runtime; print(time.perf_counter() - t)"
+    samples = [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+            ).stdout
+        )
+        for _ in range(5)
+    ]
+    return statistics.median(samples)
+
+
+def infer_vs_model(folder: Path, batch: int) -> dict[str, float]:
+    """Folder `infer` (decode + preprocess overlapped) against the model alone, same batch size."""
+    from medvit_edge.infer import InferConfig, infer
+    from medvit_edge.runtime import Classifier
+
+    model = folder / "onnx" / "model.int8.onnx"
+    classifier = Classifier.load(model, device="cpu")
+    test = [str(p) for p in sorted((BUSI / "benign").glob("*.png"))[:96]]
+    pixels = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    classifier.run(pixels)
+    started = time.perf_counter()
+    for _ in range(len(test) // batch):
+        classifier.run(pixels)
+    model_only = (len(test) // batch) * batch / (time.perf_counter() - started)
+    started = time.perf_counter()
+    infer(InferConfig(model=model, inputs=test, batch_size=batch, progress=False), classifier=classifier)
+    folder_rate = len(test) / (time.perf_counter() - started)
+    return {
+        "images": len(test),
+        "model_only_ips": model_only,
+        "infer_ips": folder_rate,
+        "ratio": folder_rate / model_only,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=["base", "large"], choices=list(SIZES))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--root", type=Path, default=REPO / "models" / "bench")
+    args = parser.parse_args()
+    images = [Image.open(p).convert("RGB") for p in sorted((BUSI / "malignant").glob("*.png"))[: args.batch]]
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "batch": args.batch,
+        "models": {},
+    }
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 500, 3), dtype=np.uint8))
+    results["preprocessing_ms_500x600"] = preprocessing_ms(big)
+    results["import_medvit_edge_runtime_s"] = import_time()
+    for size in args.models:
+        folder = build_model(size, args.root)
+        timing = interleaved(runners(folder, args.threads), images, args.batch, args.rounds)
+        fresh = {
+            v: fresh_process(folder / "onnx" / f, BUSI / "benign" / "benign (1).png")
+            for v, f in VARIANT_FILES.items()
+        }
+        results["models"][size] = {
+            "ms_per_image": timing,
+            "fresh_process": fresh,
+            "infer_vs_model": infer_vs_model(folder, args.batch),
+            "sizes_mb": {v: (folder / "onnx" / f).stat().st_size / 1e6 for v, f in VARIANT_FILES.items()},
+        }
+        print(json.dumps(results["models"][size], indent=1), file=sys.stderr)
+    save_json("speed", results)
+    from bench.speed_report import write_section
+
+    write_section(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""BENCHMARKS.md tables for bench.speed results (kept apart so the numbers can be re-rendered)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from bench.common import RESULTS, update_section
+
+NAMES = {"base": "ViT-B/16", "large": "ViT-L/16"}
+
+
+def _model_table(size: str, data: dict[str, Any], batch: int) -> list[str]:
+    timing = data["ms_per_image"]
+    runners = sorted({key.split("|")[0] for key in timing}, key=lambda n: list(timing).index(f"{n}|1|model"))
+    eager = timing["PyTorch eager fp32|1|model"]
+    lines = [
+        f"**{NAMES[size]}**",
+        "",
+        f"| runner | ms/image, batch 1 (model) | × eager | batch 1 (end to end) | batch {batch} (model) | "
+        f"batch {batch} (end to end) | size MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for runner in runners:
+        variant = runner.split()[-1] if runner.startswith("medvit-edge") else None
+        size_mb = f"{data['sizes_mb'][variant]:.0f}" if variant else ""
+        row = [
+            timing[f"{runner}|1|model"],
+            timing[f"{runner}|1|end-to-end"],
+            timing[f"{runner}|{batch}|model"],
+            timing[f"{runner}|{batch}|end-to-end"],
+        ]
+        lines.append(
+            f"| {runner} | {row[0]:.0f} | {row[0] / eager:.2f} | {row[1]:.0f} | {row[2]:.0f} | {row[3]:.0f} "
+            f"| {size_mb} |"
+        )
+    fresh = data["fresh_process"]
+    lines += [
+        "",
+        "| variant | import s | session load s | first prediction s | process start → first prediction s "
+        "| peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant, f in fresh.items():
+        lines.append(
+            f"| {variant} | {f['import_s']:.2f} | {f['load_s']:.2f} | {f['first_prediction_s']:.2f} | "
+            f"{f['process_to_first_prediction_s']:.2f} | {f['peak_rss_mb']:.0f} |"
+        )
+    iv = data["infer_vs_model"]
+    lines += [
+        "",
+        f"Folder `infer` (int8, {iv['images']} BUSI images, batch {batch}): {iv['infer_ips']:.2f} images/s "
+        f"vs model only {iv['model_only_ips']:.2f} images/s = **{iv['ratio']:.0%}**.",
+        "",
+    ]
+    return lines
+
+
+def write_section(results: dict[str, Any]) -> None:
+    pre = results["preprocessing_ms_500x600"]
+    lines = [
+        f"Machine: {results['machine']}. Command: `python -m bench.speed`. Random-init weights, "
+        f"{results['threads']} threads, every runner once per round, {results['rounds']} rounds interleaved, "
+        "medians in ms per image. *Model* = a preprocessed tensor in, logits out; *end to end* = PIL images "
+        "in, probabilities out (the HF pipelines include ViTImageProcessor). Noise on this machine is "
+        "±10–15% between runs; ratios within one run are steadier.",
+        "",
+        "Preprocessing one 500×600 image: " + ", ".join(f"{k} {v:.2f} ms" for k, v in pre.items()) + ". "
+        f"`import medvit_edge.runtime`: {results['import_medvit_edge_runtime_s']:.3f} s.",
+        "",
+    ]
+    for size, data in results["models"].items():
+        lines += _model_table(size, data, results["batch"])
+    update_section("Inference speed (CPU)", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    write_section(json.loads((RESULTS / (sys.argv[1] if len(sys.argv) > 1 else "speed.json")).read_text()))
