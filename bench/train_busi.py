@@ -36,7 +36,6 @@ def cpu_benchmark(epochs: float, output: Path) -> dict[str, Any]:
         eval_batch_size=64,
         warmup_ratio=0.1,
         crop_scale=(0.5, 1.0),
-        class_weighted_loss=True,
         dataloader_workers=2,
         seed=0,
         logging_steps=20,
@@ -57,6 +56,8 @@ def cpu_benchmark(epochs: float, output: Path) -> dict[str, Any]:
 
 
 def write_cpu_section(data: dict[str, Any]) -> None:
+    from medvit_edge.train.models import PRESETS
+
     test = data["test"]
     recalls = " / ".join(f"{test['per_class'][k]['recall']:.2f}" for k in ("benign", "malignant", "normal"))
     cfg = data["config"]
@@ -64,10 +65,10 @@ def write_cpu_section(data: dict[str, Any]) -> None:
         "Training: small ViT from scratch on BUSI (CPU)",
         f"""
 Machine: {data["machine"]}. Command: `python -m bench.train_busi cpu --epochs {cfg["epochs"]:g}`.
-Preset `small` (ViT, 224 px, patch 16, width 192, 6 blocks, {data["parameters"] / 1e6:.1f} M parameters,
+Preset `small` (ViT, {PRESETS["small"]["image_size"]} px, patch 16, width 192, 6 blocks, {data["parameters"] / 1e6:.1f} M parameters,
 random init), BUSI `split.csv` train split with validation carved from it (duplicate-aware), lr
 {cfg["learning_rate"]}, batch {cfg["train_batch_size"]}, {cfg["epochs"]:g} epochs, warm-up {cfg["warmup_ratio"]}, crops
-{tuple(cfg["crop_scale"])}, class-weighted loss, best checkpoint by validation balanced accuracy.
+{tuple(cfg["crop_scale"])}, class-weighted loss {cfg["class_weighted_loss"]}, best checkpoint by validation balanced accuracy.
 
 | test images | accuracy | balanced accuracy | recall benign / malignant / normal | train samples/s | wall time |
 |---|---|---|---|---|---|
@@ -138,7 +139,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("mode", choices=["cpu", "gpu"])
-    parser.add_argument("--epochs", type=float, default=60)
+    parser.add_argument("--epochs", type=float, default=150)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--output", type=Path, default=Path("models/bench-small-busi"))
     args = parser.parse_args()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from medvit_edge.preprocess import PreprocessSpec
 
 from .config import ExportConfig
 from .validate import ValidationSet, compare, load_validation_set, onnx_logits, torch_logits
-from .variants import hf_to_onnx, onnx_to_fp16, write_metadata
+from .variants import fix_input_shape, hf_to_onnx, onnx_to_fp16, optimize_onnx, write_metadata
 
 
 class ExportValidationError(RuntimeError):
@@ -46,16 +48,22 @@ class _Context:
     source_sha256: str
     versions: dict[str, str]
     created: str
+    num_heads: int
+    hidden_size: int
+    fusions: dict[str, int] = field(default_factory=dict)
 
 
 def export(cfg: ExportConfig) -> ExportResult:
     """Export every requested variant of ``cfg.run_dir`` into ``cfg.output`` and validate it."""
     ctx = _prepare(cfg)
     fp32_path = cfg.output / "model.onnx"
-    entries = [_make_variant(ctx, "fp32", fp32_path, lambda: hf_to_onnx(cfg.run_dir, cfg.output, cfg.opset))]
-    if cfg.fp16:
-        fp16_path = cfg.output / "model.fp16.onnx"
-        entries.append(_make_variant(ctx, "fp16", fp16_path, lambda: onnx_to_fp16(fp32_path, fp16_path)))
+    with tempfile.TemporaryDirectory() as scratch:
+        unfused = Path(scratch) / "unfused.onnx"
+        entries = [_make_variant(ctx, "fp32", fp32_path, lambda: _build_fp32(ctx, fp32_path, unfused))]
+        if cfg.fp16:
+            # from the unfused graph: the CPU provider lacks fp16 kernels for some fused ops
+            fp16_path = cfg.output / "model.fp16.onnx"
+            entries.append(_make_variant(ctx, "fp16", fp16_path, lambda: onnx_to_fp16(unfused, fp16_path)))
     if cfg.int8:
         from .guard import make_int8
 
@@ -69,6 +77,15 @@ def export(cfg: ExportConfig) -> ExportResult:
             "rerun with --allow-degraded to keep them anyway"
         )
     return result
+
+
+def _build_fp32(ctx: _Context, path: Path, unfused_copy: Path) -> None:
+    """Optimum's export with pinned input dims; a copy before fusion; then the fusions."""
+    hf_to_onnx(ctx.cfg.run_dir, ctx.cfg.output, ctx.cfg.opset)
+    fix_input_shape(path, ctx.spec.size)
+    shutil.copyfile(path, unfused_copy)
+    if ctx.cfg.optimize:
+        ctx.fusions = optimize_onnx(path, ctx.num_heads, ctx.hidden_size)
 
 
 def _prepare(cfg: ExportConfig) -> _Context:
@@ -95,6 +112,8 @@ def _prepare(cfg: ExportConfig) -> _Context:
         source_sha256=sha256_file(weights[0]),
         versions=_versions(),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        num_heads=model.config.num_attention_heads,
+        hidden_size=model.config.hidden_size,
     )
 
 
@@ -162,6 +181,7 @@ def _manifest(ctx: _Context, entries: list[dict[str, Any]]) -> dict[str, Any]:
             "images": len(ctx.validation.keys),
             "labelled": ctx.validation.label_ids is not None,
         },
+        "graph_fusions": ctx.fusions,
         "variants": entries,
     }
 

@@ -33,6 +33,31 @@ def hf_to_onnx(model_dir: Path, output_dir: Path, opset: int | None = None) -> P
     return output_dir / "model.onnx"
 
 
+def fix_input_shape(path: Path, size: int) -> None:
+    """Pin channels/height/width (the batch stays dynamic): static shapes let onnxruntime plan
+    memory and pick kernels once, and the preprocessing spec fixes the size anyway."""
+    import onnx
+
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for dim, value in zip(dims[1:], (3, size, size)):
+        dim.ClearField("dim_param")
+        dim.dim_value = value
+    onnx.save(model, str(path))
+
+
+def optimize_onnx(path: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """onnxruntime's offline transformer fusions (SkipLayerNormalization, BiasGelu, and Attention
+    where the pattern matches), in place. Returns what was fused."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(
+        str(path), model_type="vit", num_heads=num_heads, hidden_size=hidden_size, opt_level=1
+    )
+    optimized.save_model_to_file(str(path))
+    return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+
+
 def onnx_to_fp16(source: Path, target: Path) -> Path:
     """Half-precision weights and math, float32 inputs/outputs and overflow-prone ops, so the
     file runs on the CPU provider as well as CUDA."""
@@ -72,9 +97,14 @@ def onnx_to_int8_dynamic(
         reduce_range=bool(settings["reduce_range"]),
         weight_type=QuantType[str(settings["weight_type"])],
         nodes_to_exclude=list(exclude),
-        extra_options={"MatMulConstBOnly": True},
+        extra_options=_QUANT_OPTIONS,
     )
     return {"mode": "dynamic", "target": preset, **settings, "excluded_nodes": list(exclude)}
+
+
+# MatMulConstBOnly: leave attention's activation x activation MatMuls in float.
+# DefaultTensorType: shape inference cannot type the outputs of fused contrib ops; they are float.
+_QUANT_OPTIONS = {"MatMulConstBOnly": True, "DefaultTensorType": 1}  # 1 = onnx.TensorProto.FLOAT
 
 
 class _ArrayReader:
@@ -118,7 +148,7 @@ def onnx_to_int8_static(
         weight_type=QuantType[str(settings["weight_type"])],
         nodes_to_exclude=list(exclude),
         calibrate_method=methods[method],
-        extra_options={"MatMulConstBOnly": True},
+        extra_options=_QUANT_OPTIONS,
     )
     return {
         "mode": "static",

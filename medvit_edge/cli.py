@@ -191,6 +191,12 @@ def train(config_file: Path | None, **values: Any) -> None:
 @click.option("--max-images", "max_validation_images", type=int, help="Validate on at most this many images.")
 @click.option("--allow-degraded", is_flag=True, help="Exit 0 even when a variant fails its tolerances.")
 @click.option("--opset", type=int, help="ONNX opset. [default: Optimum's]")
+@click.option(
+    "--optimize/--no-optimize",
+    default=True,
+    show_default=True,
+    help="onnxruntime's transformer fusions on the fp32 graph (the int8 file is built from it).",
+)
 def export(**values: Any) -> None:
     """Export RUN_DIR to ONNX and validate every variant against PyTorch on real images.
 

@@ -52,6 +52,7 @@ class _Model:
     status: str
     size_bytes: int
     logits: Callable[[np.ndarray], np.ndarray]
+    load_memory_mb: float = 0.0  # resident memory added by loading it
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -98,10 +99,11 @@ def _load_models(cfg: EvaluateConfig) -> tuple[list[_Model], list[str], Any]:
     models = []
     for entry in entries:
         path = cfg.onnx_dir / entry["file"]
+        before = _rss_mb()
         classifier = Classifier.load(path, device="cpu", threads=cfg.threads)
-        models.append(
-            _Model(classifier.variant, entry.get("status", "unknown"), path.stat().st_size, classifier.run)
-        )
+        loaded = max(_rss_mb() - before, 0.0)
+        status = entry.get("status", "unknown")
+        models.append(_Model(classifier.variant, status, path.stat().st_size, classifier.run, loaded))
     labels, spec = classifier.labels, classifier.spec
     torch_model = _pytorch_model(cfg) if cfg.pytorch else None
     if torch_model is not None:
@@ -121,13 +123,15 @@ def _pytorch_model(cfg: EvaluateConfig) -> _Model | None:
         return None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    before = _rss_mb()
     model = AutoModelForImageClassification.from_pretrained(cfg.run_dir, use_safetensors=True).eval()
+    loaded = max(_rss_mb() - before, 0.0)
 
     def logits(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return model(pixel_values=torch.from_numpy(batch)).logits.float().numpy()
 
-    return _Model("pytorch-fp32", "reference", sum(w.stat().st_size for w in weights), logits)
+    return _Model("pytorch-fp32", "reference", sum(w.stat().st_size for w in weights), logits, loaded)
 
 
 def _load_images(cfg: EvaluateConfig, spec: Any) -> tuple[list[LabelledImage], np.ndarray, list[str]]:
@@ -166,6 +170,7 @@ def _row(
     metrics = classification_metrics(truth, predicted, labels)
     ci = bootstrap_ci(truth, predicted, len(labels), samples=cfg.bootstrap_samples)
     latency = _latency(model.logits, pixels, cfg.latency_runs)
+    latency["memory_mb"] = model.load_memory_mb + latency.pop("run_memory_mb")
     return {
         "variant": model.name,
         "status": model.status,
@@ -205,7 +210,7 @@ def _latency(run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, runs: 
     return {
         "latency_p50_ms": statistics.median(times),
         "latency_p95_ms": quantiles[18],
-        "rss_growth_mb": max(_rss_mb() - before, 0.0) if before else None,
+        "run_memory_mb": max(_rss_mb() - before, 0.0),
     }
 
 

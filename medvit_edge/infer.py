@@ -109,6 +109,9 @@ def _walk_images(folder: Path) -> Iterator[Path]:
 
 def decode_file(path: Path, spec: PreprocessSpec) -> list[tuple[int, np.ndarray]]:
     """One file -> its preprocessed frames (a single image is frame 0)."""
+    if path.exists() and not path.is_file():
+        # a FIFO or device named like an image would block the run forever on open()
+        raise ImageDecodeError(f"{path}: not a regular file")
     if path.suffix.lower() in DICOM_SUFFIXES or looks_like_dicom(path):
         frames = read_dicom_frames(path)
     else:

@@ -156,17 +156,36 @@ def resized_size(width: int, height: int, spec: PreprocessSpec) -> tuple[int, in
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
+# Above this many pixels, the resized-then-cropped intermediate is not built (a 1x10000 scan
+# would need 224 x 2,240,000 pixels); only the part that survives the crop is resampled.
+MAX_RESIZED_PIXELS = 25_000_000
+
+
 def resize_and_crop(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """Resize with Pillow and centre-crop: an RGB PIL image -> (size, size, 3) uint8 array."""
     if image.mode != "RGB":
         raise PreprocessError(f"expected an RGB image, got mode {image.mode!r}")
     target = resized_size(*image.size, spec)
+    if spec.resize_mode == "shortest_edge" and target[0] * target[1] > MAX_RESIZED_PIXELS:
+        return _resize_crop_region(image, spec, target)
     if target != image.size:
         image = image.resize(target, INTERPOLATIONS[spec.interpolation])
     pixels = np.asarray(image)
     if spec.resize_mode == "squash":
         return pixels
     return _center_crop(pixels, spec.size)
+
+
+def _resize_crop_region(image: Image.Image, spec: PreprocessSpec, target: tuple[int, int]) -> np.ndarray:
+    """Resample only the source region that the centre crop keeps. Pillow places output pixel
+    centres at ``box0 + (i + 0.5) * scale`` with filter taps clipped to the whole image, so this
+    matches resize-then-crop to within one 8-bit level (the box origin rounds differently)."""
+    width, height = target
+    left, top = round((width - spec.size) / 2.0), round((height - spec.size) / 2.0)
+    scale_x, scale_y = image.width / width, image.height / height
+    box = (left * scale_x, top * scale_y, (left + spec.size) * scale_x, (top + spec.size) * scale_y)
+    resized = image.resize((spec.size, spec.size), INTERPOLATIONS[spec.interpolation], box=box)
+    return np.asarray(resized)
 
 
 def _center_crop(pixels: np.ndarray, size: int) -> np.ndarray:

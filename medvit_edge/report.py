@@ -31,7 +31,7 @@ def summary_table(rows: list[dict[str, Any]], labels: list[str]) -> list[str]:
     header = (
         ["variant", "status", "size MB", "accuracy (95% CI)", "bal. acc."]
         + [f"recall {label}" for label in labels]
-        + ["max abs Δlogit", "agreement", "p50 ms", "p95 ms", "img/s"]
+        + ["max abs Δlogit", "agreement", "p50 ms", "p95 ms", "img/s", "memory MB"]
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -50,6 +50,7 @@ def summary_table(rows: list[dict[str, Any]], labels: list[str]) -> list[str]:
             f"{row['latency_p50_ms']:.1f}",
             f"{row['latency_p95_ms']:.1f}",
             f"{row['throughput_ips']:.1f}",
+            f"{row['memory_mb']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -64,7 +65,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         + (f" (split `{report['split']}`)" if report.get("split") else "")
         + f". Machine: {report['machine']}.",
         f"Parity is measured against `{report['reference']}` on the same preprocessed tensors; "
-        f"latency is batch 1, throughput at batch {rows[0]['throughput_batch']}.",
+        f"latency is batch 1, throughput at batch {rows[0]['throughput_batch']}; memory is the resident "
+        "memory that loading and running each model added to the process.",
         "",
         *summary_table(rows, labels),
         "",

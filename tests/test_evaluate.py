@@ -30,7 +30,7 @@ COLUMNS = [
     "latency_p50_ms",
     "latency_p95_ms",
     "throughput_ips",
-    "rss_growth_mb",
+    "memory_mb",
     "confusion_matrix",
 ]
 

@@ -127,3 +127,26 @@ def test_folder_loads_in_optimum_and_transformers_pipeline(tiny_busi_export: Pat
     classify = pipeline("image-classification", model=model, image_processor=processor)
     result = classify(Image.open(busi_images[0]))
     assert {r["label"] for r in result} <= {"benign", "malignant", "normal"}
+
+
+def test_int8_guard_keeps_the_most_sensitive_layers_in_float(tiny_busi_run: Path, tmp_path: Path) -> None:
+    """Force the guard with an int8 tolerance tighter than full int8 achieves."""
+    from medvit_edge.export import ExportConfig, Tolerance, export
+    from medvit_edge.export.config import TOLERANCES
+
+    def int8_entry(result) -> dict:
+        return next(v for v in result.manifest["variants"] if v["variant"].startswith("int8"))
+
+    common = dict(run_dir=tiny_busi_run, int8="dynamic", max_validation_images=32, allow_degraded=True)
+    full = int8_entry(export(ExportConfig(output=tmp_path / "full", int8_guard_search=False, **common)))
+    full_error = full["validation"]["max_abs_logit_diff"]
+    tight = dict(TOLERANCES) | {"int8": Tolerance(max_abs_logit=0.6 * full_error, min_agreement=0.0)}
+    guarded = int8_entry(export(ExportConfig(output=tmp_path / "guarded", tolerances=tight, **common)))
+    guard = guarded["guard"]
+    assert guard["full_int8"]["validation"]["max_abs_logit_diff"] == pytest.approx(full_error)
+    assert 1 <= len(guard["excluded_nodes"]) <= guard["quantizable"] // 2
+    assert guarded["quantization"]["excluded_nodes"] == guard["excluded_nodes"]
+    assert guarded["validation"]["max_abs_logit_diff"] < full_error
+    assert guard["size_bytes_cost"] > 0  # float layers are bigger: the report says what it cost
+    if guarded["status"] == "passed":
+        assert guarded["validation"]["max_abs_logit_diff"] <= 0.6 * full_error

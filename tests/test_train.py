@@ -169,3 +169,34 @@ def test_unwritable_output_fails_before_training(tmp_path: Path) -> None:
         check_output_writable(blocker / "run", 10)
     with pytest.raises(OSError, match="GB free"):
         check_output_writable(tmp_path / "run", 10**18)
+
+
+def test_hub_dataset_source(phantom_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default data source (a hub id) through a real DatasetDict, since the hub is out of reach."""
+    datasets = pytest.importorskip("datasets")
+    from medvit_edge.labelled import read_labelled_set
+    from medvit_edge.train.config import COOKBOOK_DATA, TrainConfig
+    from medvit_edge.train.prepare import prepare_data
+
+    names = ["benign", "malignant", "normal"]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+
+    def load_dataset(dataset_id: str) -> object:
+        assert dataset_id == COOKBOOK_DATA
+        parts = {}
+        for split in ("train", "test"):
+            rows = read_labelled_set(phantom_dir, split)
+            parts[split] = datasets.Dataset.from_dict(
+                {"image": [str(r.path) for r in rows], "label": [names.index(r.label) for r in rows]},
+                features=features,
+            )
+        return datasets.DatasetDict(parts)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    bundle = prepare_data(TrainConfig())
+    counts = Counter(s.split for s in bundle.samples)
+    assert bundle.labels == names and counts["test"] == 24 and counts["train"] + counts["validation"] == 90
+    assert abs(counts["validation"] - 90 * 0.25) <= 3
+    sample = bundle.split("validation")[0]
+    assert sample.key.startswith("hub:train/") and sample.path is None
+    assert sample.image().mode == "RGB" and sample.image().size[0] > 50

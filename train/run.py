@@ -204,12 +204,30 @@ def _final_metrics(
     return metrics
 
 
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "model.safetensors")
+
+
 def _last_checkpoint(folder: Path) -> str | None:
+    """The newest *complete* checkpoint: a run killed while saving leaves a folder without its
+    trainer state (written last), and resuming from that would crash."""
     if not folder.is_dir():
         return None
-    from transformers.trainer_utils import get_last_checkpoint
+    candidates = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for checkpoint in sorted(candidates, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if _is_complete(checkpoint):
+            return str(checkpoint)
+        _log(f"skipping incomplete checkpoint {checkpoint.name} (interrupted while saving)")
+    return None
 
-    return get_last_checkpoint(str(folder))
+
+def _is_complete(checkpoint: Path) -> bool:
+    if not all((checkpoint / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return True
 
 
 def _log(message: str) -> None:

@@ -61,7 +61,8 @@ class ProgressCallback(TrainerCallback):
             initial=state.global_step,
             file=sys.stderr,
             unit="step",
-            disable=not self.enabled,
+            # the bar only on a terminal; logs (CI, nohup) get the per-epoch lines alone
+            disable=not (self.enabled and sys.stderr.isatty()),
             dynamic_ncols=True,
             leave=False,
         )
