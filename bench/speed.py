@@ -51,18 +51,18 @@ def build_model(size: str, root: Path) -> Path:
         label2id={k: i for i, k in enumerate(labels)},
     )
     save_model(ViTForImageClassification(config).eval(), PreprocessSpec(), folder)
-    export(
-        ExportConfig(
-            run_dir=folder,
-            fp16=True,
-            int8="dynamic",
-            data=BUSI / "split.csv",
-            data_split="test",
-            max_validation_images=16,
-            allow_degraded=True,
-            int8_guard_search=False,
-        )
+    common = dict(
+        run_dir=folder,
+        int8="dynamic",
+        data=BUSI / "split.csv",
+        data_split="test",
+        max_validation_images=16,
+        allow_degraded=True,
+        int8_guard_search=False,
     )
+    # the plain export (no fusions) is the ablation of the fusion lever, and what Optimum users get
+    export(ExportConfig(output=folder / "onnx-plain", optimize=False, **common))
+    export(ExportConfig(fp16=True, **common))
     return folder
 
 
@@ -80,7 +80,7 @@ def runners(
     model = AutoModelForImageClassification.from_pretrained(folder).eval()
     processor = AutoImageProcessor.from_pretrained(folder)
     hf_pipe = pipeline("image-classification", model=model, image_processor=processor, device="cpu")
-    ort_model = ORTModelForImageClassification.from_pretrained(folder / "onnx", file_name="model.onnx")
+    ort_model = ORTModelForImageClassification.from_pretrained(folder / "onnx-plain", file_name="model.onnx")
     ort_pipe = pipeline("image-classification", model=ort_model, image_processor=processor)
 
     def torch_run(batch: np.ndarray) -> Any:
@@ -97,6 +97,8 @@ def runners(
     for variant, name in VARIANT_FILES.items():
         classifier = Classifier.load(folder / "onnx" / name, device="cpu", threads=threads)
         found[f"medvit-edge {variant}"] = (classifier.run, classifier.predict_proba)
+    plain = Classifier.load(folder / "onnx-plain" / "model.int8.onnx", device="cpu", threads=threads)
+    found["medvit-edge int8, no fusions"] = (plain.run, plain.predict_proba)
     return found
 
 

@@ -23,8 +23,8 @@ def _model_table(size: str, data: dict[str, Any], batch: int) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for runner in runners:
-        variant = runner.split()[-1] if runner.startswith("medvit-edge") else None
-        size_mb = f"{data['sizes_mb'][variant]:.0f}" if variant else ""
+        variant = runner.removeprefix("medvit-edge ")
+        size_mb = f"{data['sizes_mb'][variant]:.0f}" if variant in data["sizes_mb"] else ""
         row = [
             timing[f"{runner}|1|model"],
             timing[f"{runner}|1|end-to-end"],

@@ -32,7 +32,7 @@ def require(stage: str) -> None:
             else f"'medvit-edge[{extra}]'"
         )
         raise click.ClickException(
-            f"this command needs {', '.join(missing)}, which is not installed.\n"
+            f"this command needs packages that are not installed: {', '.join(missing)}.\n"
             f"Install it with: pip install {hint}"
         )
 

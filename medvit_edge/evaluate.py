@@ -35,7 +35,7 @@ class EvaluateConfig:
     pytorch: bool = True  # include the PyTorch model when torch is installed
     threads: int | None = None
     latency_runs: int = 20
-    throughput_batch: int = 8
+    throughput_batch: int | None = None  # default: 4 per CPU core, at most 32
     bootstrap_samples: int = 1000
     plots: bool = True
 
@@ -44,6 +44,8 @@ class EvaluateConfig:
         self.data = Path(self.data) if self.data else None
         self.output = Path(self.output) if self.output else self.run_dir / "evaluation"
         self.onnx_dir = Path(self.onnx_dir) if self.onnx_dir else self.run_dir / "onnx"
+        if self.throughput_batch is None:
+            self.throughput_batch = min(32, 4 * (os.cpu_count() or 1))
 
 
 @dataclass
@@ -239,8 +241,8 @@ def _disagreements(
                     "truth": images[i].label,
                     "reference_label": labels[int(ref_probs[i].argmax())],
                     "variant_label": labels[int(probs[i].argmax())],
-                    "reference_probs": ref_probs[i].round(4).tolist(),
-                    "variant_probs": probs[i].round(4).tolist(),
+                    "reference_probs": [round(float(p), 4) for p in ref_probs[i]],
+                    "variant_probs": [round(float(p), 4) for p in probs[i]],
                 }
             )
     return found
@@ -267,9 +269,17 @@ def _rss_mb() -> float:
 
 
 def _machine() -> str:
+    """CPU model (from /proc/cpuinfo where there is one), logical CPUs, OS."""
     import platform
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}"
 
 
 def _log(message: str) -> None:

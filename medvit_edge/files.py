@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -38,11 +39,23 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp makes 0600 files; give the result the mode an ordinary new file would get
+        os.chmod(temp_name, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask())
         os.replace(temp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    with _UMASK_LOCK:  # os.umask can only be read by setting it
+        current = os.umask(0o022)
+        os.umask(current)
+    return current
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:

@@ -109,7 +109,8 @@ def _flags(report: dict[str, Any]) -> list[str]:
     )
     if flags["group_column_present"]:
         lines.append(
-            f"- images sharing a near-duplicate group within this set: {flags['duplicate_group_images']}"
+            f"- {flags['duplicate_group_images']} evaluated images share a near-duplicate group with another "
+            "evaluated image: they are correlated, so the bootstrap intervals are somewhat optimistic"
         )
     else:
         lines.append("- the data has no duplicate-group column: near-duplicates were not checked")
@@ -211,24 +212,26 @@ def _reliability(
 
 
 def _latency_accuracy(plt: Any, report: dict[str, Any], output: Path) -> str:
-    fig, axis = plt.subplots(figsize=(5.2, 3.8))
-    for row in report["variants"]:
+    """One marker per variant, area by file size; a legend instead of labels that would collide."""
+    rows = report["variants"]
+    biggest = max(r["size_mb"] for r in rows) or 1.0
+    fig, axis = plt.subplots(figsize=(6.4, 3.8))
+    for row in rows:
         axis.scatter(
             row["latency_p50_ms"],
             row["accuracy"],
-            s=30 + 200 * row["size_mb"] / max(r["size_mb"] for r in report["variants"]),
-            alpha=0.7,
+            s=40 + 260 * row["size_mb"] / biggest,
+            alpha=0.75,
+            label=f"{row['variant']} ({row['size_mb']:.1f} MB)",
         )
-        axis.annotate(
-            f"{row['variant']}\n{row['size_mb']:.1f} MB",
-            (row["latency_p50_ms"], row["accuracy"]),
-            textcoords="offset points",
-            xytext=(6, 4),
-            fontsize=8,
-        )
+    accuracies = [r["accuracy"] for r in rows]
+    pad = max(0.02, (max(accuracies) - min(accuracies)) * 0.5)
+    axis.set_ylim(max(0.0, min(accuracies) - pad), min(1.0, max(accuracies) + pad))
+    axis.set_xlim(0, max(r["latency_p50_ms"] for r in rows) * 1.15)
     axis.set(
-        xlabel="latency p50, batch 1 (ms)", ylabel="accuracy", title="Latency vs accuracy (marker: size)"
+        xlabel="latency p50, batch 1 (ms)", ylabel="accuracy", title="Latency vs accuracy (area: file size)"
     )
+    axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), markerscale=0.5)
     fig.tight_layout()
     fig.savefig(output / "latency_accuracy.png", dpi=90)
     plt.close(fig)

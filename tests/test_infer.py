@@ -198,3 +198,18 @@ def test_killed_run_leaves_old_or_complete_output(
         process.wait()
     assert process.returncode == -9, "the run finished before it could be killed; give it more input"
     assert output.read_text() == "previous,results\n"
+
+
+def test_atomic_output_gets_ordinary_file_permissions(tmp_path: Path) -> None:
+    fresh = tmp_path / "new.csv"
+    with atomic_writer(fresh) as handle:
+        handle.write("x\n")
+    old_umask = os.umask(0o022)
+    os.umask(old_umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~old_umask
+    existing = tmp_path / "shared.csv"
+    existing.write_text("old\n")
+    existing.chmod(0o640)
+    with atomic_writer(existing) as handle:
+        handle.write("new\n")
+    assert existing.stat().st_mode & 0o777 == 0o640
