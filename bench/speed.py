@@ -60,8 +60,8 @@ def build_model(size: str, root: Path) -> Path:
         allow_degraded=True,
         int8_guard_search=False,
     )
-    # the plain export (no fusions) is the ablation of the fusion lever, and what Optimum users get
-    export(ExportConfig(output=folder / "onnx-plain", optimize=False, **common))
+    # the fused export is the ablation of the offline-fusion lever (off by default: it measured slower)
+    export(ExportConfig(output=folder / "onnx-fused", optimize=True, **common))
     export(ExportConfig(fp16=True, **common))
     return folder
 
@@ -70,6 +70,7 @@ def runners(
     folder: Path, threads: int
 ) -> dict[str, tuple[Callable[[np.ndarray], Any], Callable[[list], Any]]]:
     """name -> (model-only call on a preprocessed batch, end-to-end call on PIL images)."""
+    import onnxruntime as ort
     import torch
     from optimum.onnxruntime import ORTModelForImageClassification
     from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
@@ -80,7 +81,13 @@ def runners(
     model = AutoModelForImageClassification.from_pretrained(folder).eval()
     processor = AutoImageProcessor.from_pretrained(folder)
     hf_pipe = pipeline("image-classification", model=model, image_processor=processor, device="cpu")
-    ort_model = ORTModelForImageClassification.from_pretrained(folder / "onnx-plain", file_name="model.onnx")
+    # Spinning off in every onnxruntime session: run in turn, a session's busy-waiting workers
+    # would otherwise steal the CPU from the next runner and distort the comparison.
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    ort_model = ORTModelForImageClassification.from_pretrained(
+        folder / "onnx", file_name="model.onnx", session_options=options
+    )
     ort_pipe = pipeline("image-classification", model=ort_model, image_processor=processor)
 
     def torch_run(batch: np.ndarray) -> Any:
@@ -95,10 +102,12 @@ def runners(
         ),
     }
     for variant, name in VARIANT_FILES.items():
-        classifier = Classifier.load(folder / "onnx" / name, device="cpu", threads=threads)
+        classifier = Classifier.load(folder / "onnx" / name, device="cpu", threads=threads, spin=False)
         found[f"medvit-edge {variant}"] = (classifier.run, classifier.predict_proba)
-    plain = Classifier.load(folder / "onnx-plain" / "model.int8.onnx", device="cpu", threads=threads)
-    found["medvit-edge int8, no fusions"] = (plain.run, plain.predict_proba)
+    fused = Classifier.load(
+        folder / "onnx-fused" / "model.int8.onnx", device="cpu", threads=threads, spin=False
+    )
+    found["medvit-edge int8, offline fusions"] = (fused.run, fused.predict_proba)
     return found
 
 
@@ -140,8 +149,9 @@ def preprocessing_ms(image: Image.Image) -> dict[str, float]:
     }
 
 
+# Peak RSS from VmHWM: ru_maxrss survives fork/exec on Linux and would report the parent's peak.
 PROBE = """
-import resource, sys, time, json
+import sys, time, json
 t0 = time.perf_counter()
 from medvit_edge import Classifier
 t1 = time.perf_counter()
@@ -150,7 +160,7 @@ t2 = time.perf_counter()
 clf.predict(sys.argv[2])
 t3 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_prediction_s": t3 - t2,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024}))
 """
 
 
@@ -207,6 +217,23 @@ def infer_vs_model(folder: Path, batch: int) -> dict[str, float]:
     }
 
 
+def remeasure_fresh_processes(root: Path) -> None:
+    """Re-run the cold-start / peak-RSS probes into an existing speed.json, and re-render."""
+    from bench.common import RESULTS
+    from bench.speed_report import write_section
+
+    results = json.loads((RESULTS / "speed.json").read_text())
+    for size, data in results["models"].items():
+        folder = root / f"vit-{size}"
+        data["fresh_process"] = {
+            v: fresh_process(folder / "onnx" / f, BUSI / "benign" / "benign (1).png")
+            for v, f in VARIANT_FILES.items()
+        }
+    results["import_medvit_edge_runtime_s"] = import_time()
+    save_json("speed", results)
+    write_section(results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -216,7 +243,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--root", type=Path, default=REPO / "models" / "bench")
+    parser.add_argument("--fresh-only", action="store_true", help="re-measure only the fresh-process rows")
     args = parser.parse_args()
+    if args.fresh_only:
+        remeasure_fresh_processes(args.root)
+        return
     images = [Image.open(p).convert("RGB") for p in sorted((BUSI / "malignant").glob("*.png"))[: args.batch]]
     results: dict[str, Any] = {
         "machine": machine(),

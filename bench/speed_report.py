@@ -62,7 +62,8 @@ def write_section(results: dict[str, Any]) -> None:
     lines = [
         f"Machine: {results['machine']}. Command: `python -m bench.speed`. Random-init weights, "
         f"{results['threads']} threads, every runner once per round, {results['rounds']} rounds interleaved, "
-        "medians in ms per image. *Model* = a preprocessed tensor in, logits out; *end to end* = PIL images "
+        "medians in ms per image; thread spinning is off in every onnxruntime session, so no session's "
+        "busy-waiting workers slow the next runner. *Model* = a preprocessed tensor in, logits out; *end to end* = PIL images "
         "in, probabilities out (the HF pipelines include ViTImageProcessor). Noise on this machine is "
         "±10–15% between runs; ratios within one run are steadier.",
         "",

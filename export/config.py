@@ -66,7 +66,9 @@ class ExportConfig:
     guard_classes: tuple[str, ...] = ("malignant",)  # recall guarded for int8 (if present)
     allow_degraded: bool = False
     int8_guard_search: bool = True  # keep the most sensitive layers in float when int8 fails
-    optimize: bool = True  # onnxruntime's transformer fusions on the fp32 graph (int8 builds on it)
+    # onnxruntime's offline transformer fusions on the fp32 graph (int8 builds on it). Off: with
+    # onnxruntime 1.32 they measured slower than its own online fusions (bench/speed.py).
+    optimize: bool = False
     opset: int | None = None
     batch_size: int = 16
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(TOLERANCES))

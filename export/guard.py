@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .variants import onnx_to_int8_dynamic, onnx_to_int8_static, quantizable_matmuls
+from .variants import onnx_to_int8_dynamic, onnx_to_int8_static
 
 
 def make_int8(ctx: Any, fp32_path: Path, make_variant: Callable[..., dict[str, Any]]) -> dict[str, Any]:
@@ -27,18 +27,34 @@ def make_int8(ctx: Any, fp32_path: Path, make_variant: Callable[..., dict[str, A
         "latency_ms": _latency_ms(path, ctx.validation.pixels),
         "validation": entry["validation"],
     }
-    ranked = rank_sensitive_nodes(fp32_path, path, ctx.validation.pixels[:32])
+    ranked = rank_sensitive_nodes(fp32_path, ctx.validation.pixels[:16], cfg.target)
+    attempts: list[tuple[Any, dict[str, Any]]] = [((), entry)]  # full int8 stays a candidate
     count = 1
     while count <= max(1, len(ranked) // 2):
         excluded = ranked[:count]
         entry = make_variant(ctx, variant, path, lambda ex=excluded: build(ex))
+        attempts.append((excluded, entry))
         if entry["status"] == "passed":
             break
         count *= 2
+    if entry["status"] != "passed":
+        # none passed: keep the attempt closest to PyTorch (full int8 included), not the last one
+        excluded, best = min(
+            attempts,
+            key=lambda a: (len(a[1]["validation"]["failures"]), a[1]["validation"]["max_abs_logit_diff"]),
+        )
+        entry = best if best is entry else make_variant(ctx, variant, path, lambda ex=excluded: build(ex))
     entry["guard"] = {
         "full_int8": full,
         "excluded_nodes": entry.get("quantization", {}).get("excluded_nodes", []),
-        "kept_float": len(entry.get("quantization", {}).get("excluded_nodes", [])),
+        "tried": [
+            {
+                "kept_float": len(ex),
+                "max_abs_logit_diff": e["validation"]["max_abs_logit_diff"],
+                "top1_agreement": e["validation"]["top1_agreement"],
+            }
+            for ex, e in attempts[1:]
+        ],
         "quantizable": len(ranked),
         "size_bytes_cost": entry["size_bytes"] - full["size_bytes"],
         "latency_ms": _latency_ms(path, ctx.validation.pixels),
@@ -70,26 +86,50 @@ def _calibration_pixels(ctx: Any) -> np.ndarray:
     return preprocess_batch([load_image(images[i].path) for i in sorted(picks)], ctx.spec)
 
 
-def rank_sensitive_nodes(fp32_path: Path, int8_path: Path, pixels: np.ndarray) -> list[str]:
-    """Quantized nodes, most harmful first: the relative error each adds at its output over the
-    error already present at its input (one pass through each graph)."""
+def rank_sensitive_nodes(fp32_path: Path, pixels: np.ndarray, preset: str) -> list[str]:
+    """Weight MatMuls, most harmed by int8 first: each layer's own error, measured by simulating
+    dynamic quantization (uint8 per-tensor activations, int8 per-channel weights) on the real
+    fp32 activations that feed it, so errors from upstream layers do not blur the ranking."""
     import onnx
+    from onnx import numpy_helper
 
-    names = set(quantizable_matmuls(fp32_path))
-    graph = onnx.load(str(fp32_path), load_external_data=False).graph
-    nodes = [(n.name, n.input[0], n.output[0]) for n in graph.node if n.name in names]
-    tensors = sorted({t for _, i, o in nodes for t in (i, o)})
-    reference = _run_with_outputs(fp32_path, tensors, pixels)
-    quantized = _run_with_outputs(int8_path, tensors, pixels)
+    from .config import INT8_PRESETS
 
-    def error(name: str) -> float:
-        if name not in reference or name not in quantized:
-            return 0.0
-        ref = reference[name]
-        return float(np.linalg.norm(quantized[name] - ref) / (np.linalg.norm(ref) + 1e-12))
-
-    scores = {name: error(out) - error(inp) for name, inp, out in nodes}
+    model = onnx.load(str(fp32_path))
+    weights = {init.name: init for init in model.graph.initializer}
+    nodes = [
+        (n.name, n.input[0], n.input[1])
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.input[1] in weights
+    ]
+    activations = _run_with_outputs(fp32_path, sorted({x for _, x, _ in nodes}), pixels)
+    reduce_range = bool(INT8_PRESETS[preset]["reduce_range"])
+    rng = np.random.default_rng(0)
+    scores = {}
+    for name, x_name, w_name in nodes:
+        x = activations[x_name].reshape(-1, activations[x_name].shape[-1]).astype(np.float64)
+        x = x[rng.choice(len(x), min(len(x), 2048), replace=False)]
+        w = numpy_helper.to_array(weights[w_name]).astype(np.float64)
+        exact = x @ w
+        approximate = _fake_quant_activation(x) @ _fake_quant_weight(w, reduce_range)
+        scores[name] = float(np.linalg.norm(approximate - exact) / (np.linalg.norm(exact) + 1e-12))
     return sorted(scores, key=lambda n: -scores[n])
+
+
+def _fake_quant_activation(x: np.ndarray) -> np.ndarray:
+    """onnxruntime's DynamicQuantizeLinear: asymmetric uint8 over the whole tensor, 0 included."""
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / 255 or 1.0
+    zero_point = np.clip(np.round(-low / scale), 0, 255)
+    return (np.clip(np.round(x / scale) + zero_point, 0, 255) - zero_point) * scale
+
+
+def _fake_quant_weight(w: np.ndarray, reduce_range: bool) -> np.ndarray:
+    """Symmetric int8 per output channel (7-bit with reduce_range)."""
+    limit = 63 if reduce_range else 127
+    scale = np.abs(w).max(axis=0, keepdims=True) / limit
+    scale[scale == 0] = 1.0
+    return np.round(w / scale) * scale
 
 
 def _run_with_outputs(path: Path, tensors: list[str], pixels: np.ndarray) -> dict[str, np.ndarray]:

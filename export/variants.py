@@ -72,15 +72,6 @@ def onnx_to_fp16(source: Path, target: Path) -> Path:
     return target
 
 
-def quantizable_matmuls(source: Path) -> list[str]:
-    """MatMul nodes with a constant weight: the ones dynamic int8 quantizes."""
-    import onnx
-
-    model = onnx.load(str(source), load_external_data=False)
-    constants = {init.name for init in model.graph.initializer}
-    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants]
-
-
 def onnx_to_int8_dynamic(
     source: Path, target: Path, preset: str, exclude: Sequence[str] = ()
 ) -> dict[str, Any]:

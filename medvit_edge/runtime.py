@@ -113,8 +113,13 @@ class Classifier:
         device: str = "auto",
         threads: int | None = None,
         verify: bool | None = None,
+        spin: bool = True,
     ) -> Classifier:
-        """Load a model; ``verify=None`` checks a manifest if present, ``True`` requires one."""
+        """Load a model; ``verify=None`` checks a manifest if present, ``True`` requires one.
+
+        ``spin=False`` stops onnxruntime's worker threads from busy-waiting between calls: a little
+        more latency, no idle CPU burnt (for scanner software that shares the machine, and for
+        benchmarks that run several sessions in turn)."""
         ort = import_onnxruntime()
         path = Path(path)
         if not path.is_file():
@@ -124,6 +129,7 @@ class Classifier:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             session = ort.InferenceSession(str(path), options, providers=choose_providers(device))
         except Exception as exc:  # onnxruntime raises several unrelated exception types

@@ -144,9 +144,10 @@ def test_int8_guard_keeps_the_most_sensitive_layers_in_float(tiny_busi_run: Path
     guarded = int8_entry(export(ExportConfig(output=tmp_path / "guarded", tolerances=tight, **common)))
     guard = guarded["guard"]
     assert guard["full_int8"]["validation"]["max_abs_logit_diff"] == pytest.approx(full_error)
+    assert guard["tried"] and guard["tried"][0]["kept_float"] == 1
     assert 1 <= len(guard["excluded_nodes"]) <= guard["quantizable"] // 2
     assert guarded["quantization"]["excluded_nodes"] == guard["excluded_nodes"]
-    assert guarded["validation"]["max_abs_logit_diff"] < full_error
+    assert guarded["validation"]["max_abs_logit_diff"] < full_error  # the kept attempt beats full int8
     assert guard["size_bytes_cost"] > 0  # float layers are bigger: the report says what it cost
     if guarded["status"] == "passed":
         assert guarded["validation"]["max_abs_logit_diff"] <= 0.6 * full_error
