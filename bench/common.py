@@ -28,6 +28,24 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    try:
+        flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
+        isa = [
+            name
+            for flag, name in (
+                ("avx512f", "AVX-512"),
+                ("avx512_vnni", "AVX-512 VNNI"),
+                ("avx512_bf16", "BF16"),
+                ("avx2", "AVX2"),
+                ("fma", "FMA"),
+            )
+            if flag in flags
+        ]
+        if "avx512f" in flags:
+            isa.remove("AVX2")
+        cpu += f" ({', '.join(isa)})" if isa else ""
+    except (OSError, AttributeError):
+        pass
     memory = ""
     try:
         kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
