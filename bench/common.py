@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import statistics
 import time
@@ -20,14 +19,9 @@ BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 
 def machine() -> str:
     """CPU model, cores, memory and GPU (if torch sees one), in one line."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from medvit_edge.evaluate import cpu_name
+
+    cpu = cpu_name()
     try:
         flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
         isa = [

@@ -58,10 +58,11 @@ def export(cfg: ExportConfig) -> ExportResult:
     ctx = _prepare(cfg)
     fp32_path = cfg.output / "model.onnx"
     with tempfile.TemporaryDirectory() as scratch:
-        unfused = Path(scratch) / "unfused.onnx"
+        # fp16 comes from the unfused graph (the CPU provider lacks fp16 kernels for some fused ops);
+        # without --optimize that is model.onnx itself, so nothing is copied
+        unfused = Path(scratch) / "unfused.onnx" if cfg.optimize else fp32_path
         entries = [_make_variant(ctx, "fp32", fp32_path, lambda: _build_fp32(ctx, fp32_path, unfused))]
         if cfg.fp16:
-            # from the unfused graph: the CPU provider lacks fp16 kernels for some fused ops
             fp16_path = cfg.output / "model.fp16.onnx"
             entries.append(_make_variant(ctx, "fp16", fp16_path, lambda: onnx_to_fp16(unfused, fp16_path)))
     if cfg.int8:
@@ -80,11 +81,11 @@ def export(cfg: ExportConfig) -> ExportResult:
 
 
 def _build_fp32(ctx: _Context, path: Path, unfused_copy: Path) -> None:
-    """Optimum's export with pinned input dims; a copy before fusion; then the fusions."""
+    """Optimum's export with pinned input dims; with --optimize, a copy before fusion, then the fusions."""
     hf_to_onnx(ctx.cfg.run_dir, ctx.cfg.output, ctx.cfg.opset)
     fix_input_shape(path, ctx.spec.size)
-    shutil.copyfile(path, unfused_copy)
     if ctx.cfg.optimize:
+        shutil.copyfile(path, unfused_copy)
         ctx.fusions = optimize_onnx(path, ctx.num_heads, ctx.hidden_size)
 
 

@@ -268,18 +268,24 @@ def _rss_mb() -> float:
         return 0.0
 
 
-def _machine() -> str:
-    """CPU model (from /proc/cpuinfo where there is one), logical CPUs, OS."""
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else what platform knows."""
     import platform
 
-    cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        cpu = names[0] if names else cpu
+        if names:
+            return names[0]
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}"
+    return platform.processor() or platform.machine()
+
+
+def _machine() -> str:
+    import platform
+
+    return f"{cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()}"
 
 
 def _log(message: str) -> None:
