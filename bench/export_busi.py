@@ -16,6 +16,7 @@ from bench.common import BUSI, machine, save_json, update_section
 
 def run(run_dir: Path, int8: str) -> dict[str, Any]:
     from medvit_edge.export import ExportConfig, export
+    from medvit_edge.manifest import to_json_dict
 
     output = run_dir / f"onnx-bench-{int8}"
     started = time.perf_counter()
@@ -24,7 +25,8 @@ def run(run_dir: Path, int8: str) -> dict[str, Any]:
             run_dir=run_dir,
             output=output,
             fp16=True,
-            int8=int8,
+            int8=True,
+            int8_mode=int8,
             data=BUSI / "split.csv",
             data_split="test",
             allow_degraded=True,
@@ -36,7 +38,7 @@ def run(run_dir: Path, int8: str) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "int8": int8,
         "wall_s": wall,
-        "variants": result.manifest["variants"],
+        "variants": [to_json_dict(v) for v in result.manifest.variants],
     }
 
 

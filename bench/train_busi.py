@@ -26,16 +26,15 @@ from bench.common import BUSI, machine, save_json, update_section
 def cpu_benchmark(epochs: float, output: Path) -> dict[str, Any]:
     from medvit_edge.train import TrainConfig, train
 
-    cfg = TrainConfig(
+    # the from-scratch recipe, with the learning rate and warm-up the recorded run used for `small`
+    cfg = TrainConfig.from_recipe(
+        "from-scratch",
         model="small",
         data=str(BUSI / "split.csv"),
         output=output,
         epochs=epochs,
         learning_rate=5e-4,
-        train_batch_size=32,
-        eval_batch_size=64,
         warmup_ratio=0.1,
-        crop_scale=(0.5, 1.0),
         dataloader_workers=2,
         seed=0,
         logging_steps=20,

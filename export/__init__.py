@@ -1,6 +1,18 @@
-"""The export stage (installed as ``medvit_edge.export``; needs the ``[export]`` extra)."""
+"""The export stage (installed as ``medvit_edge.export``; needs the ``[export]`` extra).
 
-from .config import INT8_PRESETS, ExportConfig, Tolerance
-from .run import ExportResult, ExportValidationError, export
+Names resolve lazily, so ``medvit_edge.export.config`` (options and defaults for the CLI) imports
+without torch or onnx.
+"""
 
-__all__ = ["INT8_PRESETS", "ExportConfig", "ExportResult", "ExportValidationError", "Tolerance", "export"]
+from medvit_edge.lazy import lazy_getattr
+
+_LAZY = {
+    "ExportConfig": ".config",
+    "Int8Config": ".config",
+    "ExportResult": ".run",
+    "ExportValidationError": ".run",
+    "Exporter": ".run",
+    "export": ".run",
+}
+__all__ = list(_LAZY)
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -1,51 +1,66 @@
-"""Export settings, int8 presets per CPU target, and the tolerances each variant must meet."""
+"""Export settings and the int8 settings per CPU target (tolerances live in the variants table)."""
 
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from medvit_edge.errors import UserError
+from medvit_edge.options import validate_literals
+from medvit_edge.system import cpu_flags
+from medvit_edge.variants import VARIANTS, Tolerance
 
 Int8Mode = Literal["dynamic", "static"]
-
-# Dynamic int8 (onnxruntime's recommendation for transformers): activations are uint8 at run
-# time, weights int8 per output channel. On AVX2 without VNNI, the u8 x s8 multiply
-# (vpmaddubsw) adds pairs into int16 and can saturate (255*127*2 > 32767): 7-bit weights
-# (reduce_range) keep every pair sum in range. VNNI and ARM dot products accumulate in int32.
-INT8_PRESETS: dict[str, dict[str, object]] = {
-    "avx2": {"weight_type": "QInt8", "per_channel": True, "reduce_range": True},
-    "avx512_vnni": {"weight_type": "QInt8", "per_channel": True, "reduce_range": False},
-    "arm64": {"weight_type": "QInt8", "per_channel": True, "reduce_range": False},
-}
+Int8Target = Literal["avx2", "avx512_vnni", "arm64"]
+TargetChoice = Literal["auto", "avx2", "avx512_vnni", "arm64"]
+CalibrationMethod = Literal["minmax", "percentile", "entropy"]
 
 
 @dataclass(frozen=True)
-class Tolerance:
-    """What a variant must keep, measured against PyTorch fp32 on the same inputs."""
+class Int8Config:
+    """How weights are quantized for one CPU target (like Optimum's ``AutoQuantizationConfig``).
 
-    max_abs_logit: float | None = None
-    min_agreement: float = 1.0
-    max_accuracy_drop: float | None = None  # in accuracy units (0.02 = 2 points)
-    max_recall_drop: float | None = None  # for each guarded class
+    Activations are uint8 (computed at run time for dynamic int8), weights int8 per output
+    channel. On AVX2 without VNNI, the u8 x s8 multiply (``vpmaddubsw``) adds pairs into int16 and
+    can saturate (255*127*2 > 32767): 7-bit weights (``reduce_range``) keep every pair sum in
+    range. VNNI and ARM dot products accumulate in int32.
+    """
+
+    target: Int8Target
+    weight_type: Literal["QInt8"] = "QInt8"
+    per_channel: bool = True
+    reduce_range: bool = False
+
+    @classmethod
+    def for_target(cls, target: str) -> Int8Config:
+        if target == "auto":
+            target = detect_target()
+        if target == "avx2":
+            return cls("avx2", reduce_range=True)
+        if target in ("avx512_vnni", "arm64"):
+            return cls(target)  # type: ignore[arg-type]
+        raise UserError(f"unknown int8 target {target!r}; one of auto, avx2, avx512_vnni, arm64")
+
+    @property
+    def weight_bits(self) -> int:
+        return 7 if self.reduce_range else 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-TOLERANCES = {
-    "fp32": Tolerance(max_abs_logit=1e-4, min_agreement=1.0),
-    "fp16": Tolerance(min_agreement=0.99, max_accuracy_drop=0.01),
-    "int8": Tolerance(min_agreement=0.98, max_accuracy_drop=0.02, max_recall_drop=0.03),
-}
-
-
-def detect_target() -> str:
-    """The int8 preset for this machine, read from the CPU flags."""
+def detect_target() -> Int8Target:
+    """The int8 target for this machine, read from the CPU flags."""
     if platform.machine().lower() in ("arm64", "aarch64"):
         return "arm64"
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-    except OSError:
-        return "avx2"
+    flags = cpu_flags()
     return "avx512_vnni" if ("avx512_vnni" in flags or "avx_vnni" in flags) else "avx2"
+
+
+def default_tolerances() -> dict[str, Tolerance]:
+    return {name: variant.tolerance for name, variant in VARIANTS.items()}
 
 
 @dataclass
@@ -55,9 +70,10 @@ class ExportConfig:
     run_dir: Path  # a train run folder or any save_pretrained ViT classifier folder
     output: Path | None = None  # default: RUN_DIR/onnx
     fp16: bool = False
-    int8: Int8Mode | None = None
-    target: str = "auto"  # avx2 | avx512_vnni | arm64 | auto (this CPU)
-    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    int8: bool = False
+    int8_mode: Int8Mode = "dynamic"
+    target: TargetChoice = "auto"  # the CPU the int8 file is tuned for; auto: this CPU
+    calibration_method: CalibrationMethod = "minmax"
     calibration_data: Path | None = None  # default: the run's training images
     calibration_size: int = 64
     data: Path | None = None  # validation images; default: the run's validation split
@@ -70,15 +86,26 @@ class ExportConfig:
     # onnxruntime 1.32 they measured slower than its own online fusions (bench/speed.py).
     optimize: bool = False
     opset: int | None = None
-    batch_size: int = 16
-    tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(TOLERANCES))
+    batch_size: int = 16  # PyTorch reference batch
+    tolerances: dict[str, Tolerance] = field(default_factory=default_tolerances)
 
     def __post_init__(self) -> None:
+        if isinstance(self.int8, str):  # the old spelling int8="dynamic" / "static"
+            self.int8, self.int8_mode = True, self.int8  # type: ignore[assignment]
+        validate_literals(self)
         self.run_dir = Path(self.run_dir)
         self.output = Path(self.output) if self.output else self.run_dir / "onnx"
-        if self.target == "auto":
-            self.target = detect_target()
-        if self.target not in INT8_PRESETS:
-            raise ValueError(f"unknown int8 target {self.target!r}; one of {sorted(INT8_PRESETS)}")
-        if self.int8 not in (None, "dynamic", "static"):
-            raise ValueError(f"--int8 must be dynamic or static, got {self.int8!r}")
+        if self.calibration_size < 1 or self.batch_size < 1:
+            raise UserError("calibration_size and batch_size must be at least 1")
+        if self.max_validation_images is not None and self.max_validation_images < 1:
+            raise UserError("max_validation_images must be at least 1")
+        self.tolerances = {**default_tolerances(), **self.tolerances}
+
+    @property
+    def int8_config(self) -> Int8Config:
+        return Int8Config.for_target(self.target)
+
+    def requested_variants(self) -> list[str]:
+        """Rows of the variants table to build, in order (fp32 always: the others derive from it)."""
+        names = ["fp32"] + (["fp16"] if self.fp16 else [])
+        return names + ([f"int8-{self.int8_mode}"] if self.int8 else [])

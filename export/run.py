@@ -1,76 +1,64 @@
-"""``export(cfg)``: fp32 / fp16 / int8 ONNX files, each validated and self-describing."""
+"""``export(cfg)``: one ``Exporter`` with a method per row of the variants table.
+
+Every file is stamped with its metadata and then validated through the runtime's own
+``Classifier`` (the path users run), against the PyTorch model on the same real images.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medvit_edge.files import MANIFEST_NAME, sha256_file, write_json_atomic
+from medvit_edge.checkpoint import load_spec
+from medvit_edge.errors import UserError
+from medvit_edge.files import sha256_file
+from medvit_edge.manifest import MANIFEST_NAME, Manifest, Validation, VariantRecord
 from medvit_edge.metadata import ModelMetadata
-from medvit_edge.preprocess import PreprocessSpec
+from medvit_edge.runtime import Classifier
+from medvit_edge.variants import VARIANTS, Variant
 
 from .config import ExportConfig
-from .validate import ValidationSet, compare, load_validation_set, onnx_logits, torch_logits
+from .int8 import guarded_int8
+from .validate import compare, load_validation_set, torch_logits
 from .variants import fix_input_shape, hf_to_onnx, onnx_to_fp16, optimize_onnx, write_metadata
 
+logger = logging.getLogger(__name__)
 
-class ExportValidationError(RuntimeError):
-    """At least one variant failed its tolerances (files are written and marked failed)."""
+
+class ExportValidationError(UserError):
+    """At least one variant failed its tolerances (files are written and marked failed); exit 1."""
+
+    exit_code = 1
 
 
 @dataclass
 class ExportResult:
     output: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def failed(self) -> list[str]:
-        return [v["file"] for v in self.manifest["variants"] if v["status"] != "passed"]
-
-
-@dataclass
-class _Context:
-    cfg: ExportConfig
-    labels: list[str]
-    spec: PreprocessSpec
-    validation: ValidationSet
-    reference: np.ndarray
-    source_sha256: str
-    versions: dict[str, str]
-    created: str
-    num_heads: int
-    hidden_size: int
-    fusions: dict[str, int] = field(default_factory=dict)
+        return [v.file for v in self.manifest.variants if v.status != "passed"]
 
 
 def export(cfg: ExportConfig) -> ExportResult:
     """Export every requested variant of ``cfg.run_dir`` into ``cfg.output`` and validate it."""
-    ctx = _prepare(cfg)
-    fp32_path = cfg.output / "model.onnx"
+    exporter = Exporter(cfg)
     with tempfile.TemporaryDirectory() as scratch:
-        # fp16 comes from the unfused graph (the CPU provider lacks fp16 kernels for some fused ops);
-        # without --optimize that is model.onnx itself, so nothing is copied
-        unfused = Path(scratch) / "unfused.onnx" if cfg.optimize else fp32_path
-        entries = [_make_variant(ctx, "fp32", fp32_path, lambda: _build_fp32(ctx, fp32_path, unfused))]
-        if cfg.fp16:
-            fp16_path = cfg.output / "model.fp16.onnx"
-            entries.append(_make_variant(ctx, "fp16", fp16_path, lambda: onnx_to_fp16(unfused, fp16_path)))
-    if cfg.int8:
-        from .guard import make_int8
-
-        entries.append(make_int8(ctx, fp32_path, _make_variant))
-    manifest = _manifest(ctx, entries)
-    write_json_atomic(cfg.output / MANIFEST_NAME, manifest)
+        exporter.scratch = Path(scratch)
+        records = [exporter.build(VARIANTS[name]) for name in cfg.requested_variants()]
+    manifest = exporter.manifest(records)
+    manifest.write(cfg.output)
     result = ExportResult(cfg.output, manifest)
     if result.failed and not cfg.allow_degraded:
         raise ExportValidationError(
@@ -80,111 +68,145 @@ def export(cfg: ExportConfig) -> ExportResult:
     return result
 
 
-def _build_fp32(ctx: _Context, path: Path, unfused_copy: Path) -> None:
-    """Optimum's export with pinned input dims; with --optimize, a copy before fusion, then the fusions."""
-    hf_to_onnx(ctx.cfg.run_dir, ctx.cfg.output, ctx.cfg.opset)
-    fix_input_shape(path, ctx.spec.size)
-    if ctx.cfg.optimize:
-        shutil.copyfile(path, unfused_copy)
-        ctx.fusions = optimize_onnx(path, ctx.num_heads, ctx.hidden_size)
+class Exporter:
+    """Holds what every variant needs (the PyTorch reference, the validation images, provenance)
+    and builds one variant per method; ``build`` dispatches a table row to its method."""
 
+    def __init__(self, cfg: ExportConfig):
+        from transformers import AutoModelForImageClassification
 
-def _prepare(cfg: ExportConfig) -> _Context:
-    from transformers import AutoModelForImageClassification
+        self.cfg = cfg
+        weights = sorted(cfg.run_dir.glob("*.safetensors"))
+        if not weights:
+            raise UserError(f"{cfg.run_dir}: no safetensors weights (only safetensors are loaded)")
+        model = AutoModelForImageClassification.from_pretrained(cfg.run_dir, use_safetensors=True).eval()
+        self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        self.spec = load_spec(cfg.run_dir)
+        cfg.output.mkdir(parents=True, exist_ok=True)
+        self.validation = load_validation_set(cfg, self.spec, self.labels)
+        logger.info("validating on %d images from %s", len(self.validation.keys), self.validation.source)
+        self.reference = torch_logits(model, self.validation.pixels, cfg.batch_size)
+        self.source_sha256 = sha256_file(weights[0])
+        self.versions = _versions()
+        self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.num_heads, self.hidden_size = model.config.num_attention_heads, model.config.hidden_size
+        self.fusions: dict[str, int] = {}
+        self.scratch = Path(tempfile.gettempdir())
 
-    from medvit_edge.train.models import resolve_spec
+    def build(self, variant: Variant) -> VariantRecord:
+        method: Callable[[Variant], VariantRecord] = getattr(self, variant.name.replace("-", "_"))
+        logger.info("exporting %s -> %s", variant.name, self.path(variant))
+        return method(variant)
 
-    model = AutoModelForImageClassification.from_pretrained(cfg.run_dir, use_safetensors=True).eval()
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    spec = resolve_spec(str(cfg.run_dir))
-    cfg.output.mkdir(parents=True, exist_ok=True)
-    validation = load_validation_set(cfg, spec, labels)
-    _log(f"validating on {len(validation.keys)} images from {validation.source}")
-    reference = torch_logits(model, validation.pixels, cfg.batch_size)
-    weights = sorted(cfg.run_dir.glob("*.safetensors"))
-    if not weights:
-        raise FileNotFoundError(f"{cfg.run_dir}: no safetensors weights (only safetensors are loaded)")
-    return _Context(
-        cfg=cfg,
-        labels=labels,
-        spec=spec,
-        validation=validation,
-        reference=reference,
-        source_sha256=sha256_file(weights[0]),
-        versions=_versions(),
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        num_heads=model.config.num_attention_heads,
-        hidden_size=model.config.hidden_size,
-    )
+    def path(self, variant: Variant) -> Path:
+        assert self.cfg.output is not None
+        return self.cfg.output / variant.file_name
 
+    @property
+    def fp32_path(self) -> Path:
+        return self.path(VARIANTS["fp32"])
 
-def _make_variant(
-    ctx: _Context,
-    variant: str,
-    path: Path,
-    build: Callable[[], Any],
-    quantization: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Build one file, stamp its metadata, validate it against PyTorch; return its manifest entry."""
-    _log(f"exporting {variant} -> {path}")
-    started = time.perf_counter()
-    built = build()
-    quantization = quantization or (built if isinstance(built, dict) else {})
-    metadata = ModelMetadata(
-        labels=tuple(ctx.labels),
-        preprocess=ctx.spec,
-        variant=variant,
-        source_sha256=ctx.source_sha256,
-        versions=ctx.versions,
-        created=ctx.created,
-        quantization=quantization,
-    )
-    write_metadata(path, metadata)
-    seconds = time.perf_counter() - started
-    kind = variant.split("-")[0]
-    logits = onnx_logits(path, ctx.validation.pixels, ctx.cfg.batch_size)
-    check = compare(
-        ctx.reference,
-        logits,
-        ctx.validation.label_ids,
-        ctx.labels,
-        ctx.cfg.tolerances[kind],
-        ctx.cfg.guard_classes,
-    )
-    status = "passed" if check["passed"] else "failed"
-    _log(
-        f"  {variant}: {status}; max |Δlogit| {check['max_abs_logit_diff']:.2e}, "
-        f"agreement {check['top1_agreement']:.2%}" + "".join(f"; {f}" for f in check["failures"])
-    )
-    return {
-        "file": path.name,
-        "variant": variant,
-        "status": status,
-        "sha256": sha256_file(path),
-        "size_bytes": path.stat().st_size,
-        "export_seconds": round(seconds, 2),
-        "validation": check,
-        **({"quantization": quantization} if quantization else {}),
-    }
+    @property
+    def unfused_path(self) -> Path:
+        """fp16 comes from the unfused graph (the CPU provider lacks fp16 kernels for some fused
+        ops); without --optimize that is model.onnx itself, so nothing is copied."""
+        return self.scratch / "unfused.onnx" if self.cfg.optimize else self.fp32_path
 
+    # -- one method per row of the variants table ------------------------------------------------
 
-def _manifest(ctx: _Context, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "format": 1,
-        "source": str(ctx.cfg.run_dir),
-        "source_sha256": ctx.source_sha256,
-        "labels": ctx.labels,
-        "preprocess": ctx.spec.to_dict(),
-        "created": ctx.created,
-        "versions": ctx.versions,
-        "validation_data": {
-            "source": ctx.validation.source,
-            "images": len(ctx.validation.keys),
-            "labelled": ctx.validation.label_ids is not None,
-        },
-        "graph_fusions": ctx.fusions,
-        "variants": entries,
-    }
+    def fp32(self, variant: Variant) -> VariantRecord:
+        """Optimum's export with pinned input dims; with --optimize, the fusions after a copy."""
+        started = time.perf_counter()
+        hf_to_onnx(self.cfg.run_dir, self.cfg.output, self.cfg.opset)  # type: ignore[arg-type]
+        fix_input_shape(self.fp32_path, self.spec.size)
+        if self.cfg.optimize:
+            shutil.copyfile(self.fp32_path, self.unfused_path)
+            self.fusions = optimize_onnx(self.fp32_path, self.num_heads, self.hidden_size)
+        return self.finish(variant, started)
+
+    def fp16(self, variant: Variant) -> VariantRecord:
+        started = time.perf_counter()
+        onnx_to_fp16(self.unfused_path, self.path(variant))
+        return self.finish(variant, started)
+
+    def int8_dynamic(self, variant: Variant) -> VariantRecord:
+        return guarded_int8(self, variant)
+
+    def int8_static(self, variant: Variant) -> VariantRecord:
+        return guarded_int8(self, variant)
+
+    # -- shared by every variant ------------------------------------------------------------------
+
+    def finish(
+        self, variant: Variant, started: float, quantization: dict[str, Any] | None = None
+    ) -> VariantRecord:
+        """Stamp the metadata, validate through the runtime, and make the manifest record."""
+        path = self.path(variant)
+        metadata = ModelMetadata(
+            labels=tuple(self.labels),
+            preprocess=self.spec,
+            variant=variant.name,
+            source_sha256=self.source_sha256,
+            versions=self.versions,
+            created=self.created,
+            quantization=quantization or {},
+        )
+        write_metadata(path, metadata)
+        seconds = time.perf_counter() - started
+        check = self.validate(variant, path)
+        status = "passed" if check.passed else "failed"
+        logger.info(
+            "  %s: %s; max |Δlogit| %.2e, agreement %.2f%%%s",
+            variant.name,
+            status,
+            check.max_abs_logit_diff,
+            100 * check.top1_agreement,
+            "".join(f"; {f}" for f in check.failures),
+        )
+        return VariantRecord(
+            file=path.name,
+            variant=variant.name,
+            status=status,
+            sha256=sha256_file(path),
+            size_bytes=path.stat().st_size,
+            export_seconds=round(seconds, 2),
+            validation=check,
+            quantization=quantization or {},
+        )
+
+    def validate(self, variant: Variant, path: Path) -> Validation:
+        logits = self.logits(path)
+        return compare(
+            self.reference,
+            logits,
+            self.validation.label_ids,
+            self.labels,
+            self.cfg.tolerances[variant.name],
+            self.cfg.guard_classes,
+        )
+
+    def logits(self, path: Path) -> np.ndarray:
+        """The file's logits on the validation images, as the runtime computes them (one image
+        per call for dynamic int8, chunks otherwise)."""
+        classifier = Classifier.load(path, device="cpu", verify=False)
+        return classifier.run(self.validation.pixels).astype(np.float32)
+
+    def manifest(self, records: list[VariantRecord]) -> Manifest:
+        return Manifest(
+            source=str(self.cfg.run_dir),
+            source_sha256=self.source_sha256,
+            labels=tuple(self.labels),
+            preprocess=self.spec.to_dict(),
+            created=self.created,
+            versions=self.versions,
+            validation_data={
+                "source": self.validation.source,
+                "images": len(self.validation.keys),
+                "labelled": self.validation.label_ids is not None,
+            },
+            graph_fusions=self.fusions,
+            variants=tuple(records),
+        )
 
 
 def _versions() -> dict[str, str]:
@@ -204,7 +226,3 @@ def _versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medvit_edge.errors import UserError
 from medvit_edge.images import ImageDecodeError, load_image
 from medvit_edge.labelled import LabelledImage, read_labelled_set
+from medvit_edge.manifest import Validation
 from medvit_edge.metrics import classification_metrics
 from medvit_edge.preprocess import PreprocessSpec, preprocess_batch
+from medvit_edge.variants import Tolerance
 
-from .config import ExportConfig, Tolerance
+from .config import ExportConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,15 +37,21 @@ def choose_images(
 ) -> list[LabelledImage]:
     """``explicit`` (a CSV or class folders) when given, else this split of the run's split.csv."""
     if explicit is not None:
-        return read_labelled_set(explicit, explicit_split)
+        images = read_labelled_set(explicit, explicit_split)
+        if not images:
+            raise UserError(
+                f"{explicit}: no labelled images"
+                + (f" in split {explicit_split!r}" if explicit_split else "")
+            )
+        return images
     run_split = cfg.run_dir / "split.csv"
     if not run_split.is_file():
-        raise FileNotFoundError(
+        raise UserError(
             f"{cfg.run_dir}: no split.csv to take {split} images from; pass --data with labelled images"
         )
     images = [i for i in read_labelled_set(run_split, split) if i.path.is_file()]
     if not images:
-        raise FileNotFoundError(f"{run_split}: no readable {split} images; pass --data")
+        raise UserError(f"{run_split}: no readable {split} images; pass --data")
     return images
 
 
@@ -53,9 +65,9 @@ def load_validation_set(cfg: ExportConfig, spec: PreprocessSpec, labels: list[st
             decoded.append(load_image(image.path))
             kept.append(image)
         except ImageDecodeError as exc:
-            print(f"skipping validation image: {exc}")
+            logger.warning("skipping validation image: %s", exc)
     if not kept:
-        raise ValueError("no validation image could be read")
+        raise UserError(f"{cfg.data or cfg.run_dir / 'split.csv'}: no validation image could be read")
     index = {label: i for i, label in enumerate(labels)}
     labelled = all(image.label in index for image in kept)
     label_ids = np.array([index[i.label] for i in kept]) if labelled else None
@@ -74,17 +86,6 @@ def torch_logits(model: Any, pixels: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate(outputs)
 
 
-def onnx_logits(path: Path, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    outputs = [
-        session.run(None, {name: pixels[s : s + batch_size]})[0] for s in range(0, len(pixels), batch_size)
-    ]
-    return np.concatenate(outputs).astype(np.float32)
-
-
 def compare(
     reference: np.ndarray,
     candidate: np.ndarray,
@@ -92,42 +93,49 @@ def compare(
     labels: list[str],
     tolerance: Tolerance,
     guard_classes: tuple[str, ...],
-) -> dict[str, Any]:
+) -> Validation:
     """Parity numbers and a pass/fail verdict with the reasons for a failure."""
     ref_top, cand_top = reference.argmax(axis=1), candidate.argmax(axis=1)
-    result: dict[str, Any] = {
-        "images": len(reference),
-        "max_abs_logit_diff": float(np.abs(reference - candidate).max()),
-        "top1_agreement": float((ref_top == cand_top).mean()),
-        "disagreements": int((ref_top != cand_top).sum()),
-    }
+    max_diff = float(np.abs(reference - candidate).max()) if np.isfinite(candidate).all() else float("inf")
+    agreement = float((ref_top == cand_top).mean())
     failures = []
-    if tolerance.max_abs_logit is not None and result["max_abs_logit_diff"] > tolerance.max_abs_logit:
-        failures.append(f"max |Δlogit| {result['max_abs_logit_diff']:.2e} > {tolerance.max_abs_logit:.0e}")
-    if result["top1_agreement"] < tolerance.min_agreement:
-        failures.append(f"top-1 agreement {result['top1_agreement']:.2%} < {tolerance.min_agreement:.0%}")
+    if not np.isfinite(candidate).all():
+        failures.append("outputs are not finite (NaN or infinity)")
+    elif tolerance.max_abs_logit is not None and max_diff > tolerance.max_abs_logit:
+        failures.append(f"max |Δlogit| {max_diff:.2e} > {tolerance.max_abs_logit:.0e}")
+    if agreement < tolerance.min_agreement:
+        failures.append(f"top-1 agreement {agreement:.2%} < {tolerance.min_agreement:.0%}")
+    accuracy: dict[str, Any] = {}
     if label_ids is not None:
-        failures += _accuracy_checks(result, ref_top, cand_top, label_ids, labels, tolerance, guard_classes)
-    result["tolerance"] = {k: v for k, v in vars(tolerance).items() if v is not None}
-    result["passed"] = not failures
-    result["failures"] = failures
-    return result
+        accuracy, more = _accuracy_checks(ref_top, cand_top, label_ids, labels, tolerance, guard_classes)
+        failures += more
+    return Validation(
+        images=len(reference),
+        max_abs_logit_diff=max_diff,
+        top1_agreement=agreement,
+        disagreements=int((ref_top != cand_top).sum()),
+        tolerance=tolerance.to_dict(),
+        failures=tuple(failures),
+        **accuracy,
+    )
 
 
 def _accuracy_checks(
-    result: dict[str, Any],
     ref_top: np.ndarray,
     cand_top: np.ndarray,
     label_ids: np.ndarray,
     labels: list[str],
     tolerance: Tolerance,
     guard_classes: tuple[str, ...],
-) -> list[str]:
+) -> tuple[dict[str, Any], list[str]]:
     ref = classification_metrics(label_ids, ref_top, labels)
     cand = classification_metrics(label_ids, cand_top, labels)
-    result["accuracy"], result["pytorch_accuracy"] = cand["accuracy"], ref["accuracy"]
-    result["recall"] = {label: cand["per_class"][label]["recall"] for label in labels}
-    result["pytorch_recall"] = {label: ref["per_class"][label]["recall"] for label in labels}
+    numbers = {
+        "accuracy": cand["accuracy"],
+        "pytorch_accuracy": ref["accuracy"],
+        "recall": {label: cand["per_class"][label]["recall"] for label in labels},
+        "pytorch_recall": {label: ref["per_class"][label]["recall"] for label in labels},
+    }
     failures = []
     drop = ref["accuracy"] - cand["accuracy"]
     if tolerance.max_accuracy_drop is not None and drop > tolerance.max_accuracy_drop + 1e-9:
@@ -135,9 +143,9 @@ def _accuracy_checks(
             f"accuracy {cand['accuracy']:.3f} is {drop:.3f} below PyTorch's {ref['accuracy']:.3f}"
         )
     for label in (g for g in guard_classes if g in labels):
-        recall_drop = result["pytorch_recall"][label] - result["recall"][label]
+        recall_drop = numbers["pytorch_recall"][label] - numbers["recall"][label]
         if tolerance.max_recall_drop is not None and recall_drop > tolerance.max_recall_drop + 1e-9:
             failures.append(
-                f"{label} recall {result['recall'][label]:.3f} is {recall_drop:.3f} below PyTorch's"
+                f"{label} recall {numbers['recall'][label]:.3f} is {recall_drop:.3f} below PyTorch's"
             )
-    return failures
+    return numbers, failures

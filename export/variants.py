@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,7 @@ import numpy as np
 
 from medvit_edge.metadata import ModelMetadata
 
-from .config import INT8_PRESETS
+from .config import CalibrationMethod, Int8Config
 
 # Ops kept in float32 in the fp16 variant: their reductions and exponentials overflow or lose
 # too much in half precision (LayerNorm's mean/variance, Softmax's exp-sum, GELU's Erf).
@@ -21,15 +24,24 @@ def hf_to_onnx(model_dir: Path, output_dir: Path, opset: int | None = None) -> P
     """fp32 ONNX through Optimum, dynamic batch axis; also writes config.json and
     preprocessor_config.json so Optimum's ORTModel and transformers' pipeline load the folder."""
     from optimum.exporters.onnx import main_export
+    from transformers.utils import logging as hf_logging
 
-    main_export(
-        str(model_dir),
-        output=str(output_dir),
-        task="image-classification",
-        opset=opset,
-        device="cpu",
-        do_validation=False,  # we validate ourselves, on real images, with tolerances
-    )
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # deprecation and slow-processor notices: not the user's to act on
+    with warnings.catch_warnings():
+        # torch's tracer warns about Python-side shape arithmetic in ViT's embeddings: the input
+        # size is pinned afterwards, so the traced constants are right. Nothing a user can act on.
+        warnings.filterwarnings("ignore", category=Warning, module=r"torch\.|transformers\.")
+        warnings.filterwarnings("ignore", message=r".*TracerWarning.*")
+        main_export(
+            str(model_dir),
+            output=str(output_dir),
+            task="image-classification",
+            opset=opset,
+            device="cpu",
+            do_validation=False,  # we validate ourselves, on real images, with tolerances
+        )
+    hf_logging.set_verbosity(verbosity)
     return output_dir / "model.onnx"
 
 
@@ -72,25 +84,43 @@ def onnx_to_fp16(source: Path, target: Path) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """onnxruntime's quantizer logs "consider pre-processing" on the root logger for every call:
+    its shape-inference pre-pass changes nothing for this graph, so the line is noise."""
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "pre-processing" not in record.getMessage()
+
+    drop = _Drop()
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def onnx_to_int8_dynamic(
-    source: Path, target: Path, preset: str, exclude: Sequence[str] = ()
+    source: Path, target: Path, int8: Int8Config, exclude: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Dynamic int8 of the weight MatMuls only (activation x activation MatMuls in attention stay
     float: quantizing them at run time is slower and less accurate). Returns the settings used."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    settings = dict(INT8_PRESETS[preset])
-    quantize_dynamic(
-        str(source),
-        str(target),
-        op_types_to_quantize=["MatMul"],  # the classifier head (Gemm) stays float: tiny and sensitive
-        per_channel=bool(settings["per_channel"]),
-        reduce_range=bool(settings["reduce_range"]),
-        weight_type=QuantType[str(settings["weight_type"])],
-        nodes_to_exclude=list(exclude),
-        extra_options=_QUANT_OPTIONS,
-    )
-    return {"mode": "dynamic", "target": preset, **settings, "excluded_nodes": list(exclude)}
+    with _quiet_quantizer():
+        quantize_dynamic(
+            str(source),
+            str(target),
+            op_types_to_quantize=["MatMul"],  # the classifier head (Gemm) stays float: tiny and sensitive
+            per_channel=int8.per_channel,
+            reduce_range=int8.reduce_range,
+            weight_type=QuantType[int8.weight_type],
+            nodes_to_exclude=list(exclude),
+            extra_options=_QUANT_OPTIONS,
+        )
+    return {"mode": "dynamic", **int8.to_dict(), "excluded_nodes": list(exclude)}
 
 
 # MatMulConstBOnly: leave attention's activation x activation MatMuls in float.
@@ -112,41 +142,37 @@ class _ArrayReader:
 def onnx_to_int8_static(
     source: Path,
     target: Path,
-    preset: str,
+    int8: Int8Config,
     calibration: np.ndarray,
-    method: str = "minmax",
+    method: CalibrationMethod = "minmax",
     exclude: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Static int8 (QDQ) with activation ranges calibrated on images."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod as Method
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    settings = dict(INT8_PRESETS[preset])
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
-    }
+    methods = {"minmax": Method.MinMax, "percentile": Method.Percentile, "entropy": Method.Entropy}
     batches = iter(np.array_split(calibration, max(1, len(calibration) // 8)))
-    quantize_static(
-        str(source),
-        str(target),
-        _ArrayReader("pixel_values", batches),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["MatMul"],  # the classifier head (Gemm) stays float: tiny and sensitive
-        per_channel=bool(settings["per_channel"]),
-        reduce_range=bool(settings["reduce_range"]),
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType[str(settings["weight_type"])],
-        nodes_to_exclude=list(exclude),
-        calibrate_method=methods[method],
-        extra_options=_QUANT_OPTIONS,
-    )
+    with _quiet_quantizer():
+        quantize_static(
+            str(source),
+            str(target),
+            _ArrayReader("pixel_values", batches),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul"],  # the classifier head (Gemm) stays float: tiny and sensitive
+            per_channel=int8.per_channel,
+            reduce_range=int8.reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType[int8.weight_type],
+            nodes_to_exclude=list(exclude),
+            calibrate_method=methods[method],
+            extra_options=_QUANT_OPTIONS,
+        )
     return {
         "mode": "static",
-        "target": preset,
+        **int8.to_dict(),
         "calibration": method,
         "calibration_images": len(calibration),
-        **settings,
         "excluded_nodes": list(exclude),
     }
 

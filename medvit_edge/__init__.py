@@ -8,7 +8,6 @@ and need the ``[train]`` / ``[export]`` extras. Nothing heavy is imported here.
 from __future__ import annotations
 
 import pkgutil
-from typing import Any
 
 # train/ and export/ are mapped into this package at install time. When the source tree's
 # medvit_edge/ shadows an installed copy (running from the repo root), this lets Python find
@@ -17,24 +16,18 @@ __path__ = pkgutil.extend_path(__path__, __name__)
 
 __version__ = "0.1.0"
 
+from medvit_edge.lazy import lazy_getattr
+
 _LAZY = {
     "Classifier": "medvit_edge.runtime",
     "Prediction": "medvit_edge.runtime",
-    "ModelLoadError": "medvit_edge.runtime",
+    "ModelLoadError": "medvit_edge.errors",
+    "UserError": "medvit_edge.errors",
     "PreprocessSpec": "medvit_edge.preprocess",
     "preprocess": "medvit_edge.preprocess",
     "ModelMetadata": "medvit_edge.metadata",
+    "VARIANTS": "medvit_edge.variants",
 }
 
 __all__ = ["__version__", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    """Import the runtime pieces on first use, so ``import medvit_edge`` stays instant."""
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'medvit_edge' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -1,28 +1,33 @@
 """``medvit-edge evaluate``: every variant side by side on the same labelled images.
 
-All variants see the same numpy-preprocessed tensors; the PyTorch model (when torch is
-installed) is the reference for parity, else the fp32 ONNX file is.
+All variants see the same numpy-preprocessed tensors and run through ``Classifier`` (the path
+users run); the PyTorch model (when torch is installed) is the reference for parity, else the
+fp32 ONNX file is.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import statistics
-import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medvit_edge.files import read_manifest
+from medvit_edge.errors import UserError
 from medvit_edge.images import ImageDecodeError, load_image
-from medvit_edge.labelled import LabelledImage, read_labelled_set
+from medvit_edge.labelled import SPLIT_ALIASES, LabelledImage, read_labelled_set
+from medvit_edge.manifest import Manifest, to_json_dict
 from medvit_edge.metrics import auc_one_vs_rest, bootstrap_ci, calibration, classification_metrics, softmax
-from medvit_edge.preprocess import preprocess_batch
+from medvit_edge.preprocess import PreprocessSpec, preprocess_batch
 from medvit_edge.runtime import Classifier
+from medvit_edge.system import machine_line, rss_mb
+from medvit_edge.timing import measure_latency
+from medvit_edge.variants import file_names
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,12 +49,18 @@ class EvaluateConfig:
         self.data = Path(self.data) if self.data else None
         self.output = Path(self.output) if self.output else self.run_dir / "evaluation"
         self.onnx_dir = Path(self.onnx_dir) if self.onnx_dir else self.run_dir / "onnx"
+        if self.split:
+            self.split = SPLIT_ALIASES.get(self.split.strip().lower(), self.split)
         if self.throughput_batch is None:
             self.throughput_batch = min(32, 4 * (os.cpu_count() or 1))
+        if self.throughput_batch < 1 or self.latency_runs < 1 or self.bootstrap_samples < 1:
+            raise UserError("throughput_batch, latency_runs and bootstrap_samples must be at least 1")
 
 
 @dataclass
-class _Model:
+class EvaluatedModel:
+    """One model under evaluation: a variant file through the runtime, or the PyTorch reference."""
+
     name: str
     status: str
     size_bytes: int
@@ -57,55 +68,108 @@ class _Model:
     load_memory_mb: float = 0.0  # resident memory added by loading it
 
 
-def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+@dataclass
+class VariantEvaluation:
+    """One row of the report."""
+
+    variant: str
+    status: str
+    size_mb: float
+    accuracy: float
+    accuracy_ci: tuple[float, float]
+    balanced_accuracy: float
+    macro_f1: float
+    recall: dict[str, float]
+    recall_ci: dict[str, tuple[float, float]]
+    specificity: dict[str, float]
+    auc: dict[str, float | None]
+    ece: float
+    confusion_matrix: list[list[int]]
+    latency_p50_ms: float
+    latency_p95_ms: float
+    memory_mb: float
+    throughput_batch: int
+    throughput_ips: float
+    parity_reference: str = ""
+    max_abs_logit_diff: float = 0.0
+    top1_agreement: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json_dict(self)
+
+
+@dataclass
+class EvaluationReport:
+    run_dir: str
+    data: str
+    split: str | None
+    images: int
+    skipped: list[str]
+    labels: list[str]
+    reference: str
+    machine: str
+    variants: list[VariantEvaluation]
+    disagreements: list[dict[str, Any]] = field(default_factory=list)
+    data_flags: dict[str, Any] = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json_dict(self)
+
+
+def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     """Evaluate, write report.json / report.md / plots into ``cfg.output``, return the report."""
     from medvit_edge.report import write_report
 
-    models, labels, spec = _load_models(cfg)
-    images, pixels, skipped = _load_images(cfg, spec)
+    models, labels, spec = load_models(cfg)
+    images, pixels, skipped = _load_images(cfg, spec, labels)
     index = {label: i for i, label in enumerate(labels)}
     truth = np.array([index[i.label] for i in images])
     rows, all_logits = [], {}
     for model in models:
-        _log(f"evaluating {model.name}")
-        logits = _batched(model.logits, pixels, cfg.throughput_batch)
-        all_logits[model.name] = logits
-        rows.append(_row(model, logits, truth, labels, pixels, cfg))
-    reference = rows[0]["variant"]
+        logger.info("evaluating %s", model.name)
+        all_logits[model.name] = model.logits(pixels).astype(np.float32)
+        rows.append(_row(model, all_logits[model.name], truth, labels, pixels, cfg))
+    reference = rows[0].variant
     for row in rows:
-        _add_parity(row, all_logits[reference], all_logits[row["variant"]], reference)
-    report = {
-        "run_dir": str(cfg.run_dir),
-        "data": str(cfg.data or cfg.run_dir / "split.csv"),
-        "split": cfg.split,
-        "images": len(images),
-        "skipped": skipped,
-        "labels": labels,
-        "reference": reference,
-        "machine": _machine(),
-        "variants": rows,
-        "disagreements": _disagreements(images, all_logits, reference, labels),
-        "data_flags": _data_flags(images),
-    }
+        _add_parity(row, all_logits[reference], all_logits[row.variant], reference)
+    report = EvaluationReport(
+        run_dir=str(cfg.run_dir),
+        data=str(cfg.data or cfg.run_dir / "split.csv"),
+        split=cfg.split,
+        images=len(images),
+        skipped=skipped,
+        labels=labels,
+        reference=reference,
+        machine=machine_line(),
+        variants=rows,
+        disagreements=_disagreements(images, all_logits, reference, labels),
+        data_flags=_data_flags(images),
+    )
+    assert cfg.output is not None
     write_report(report, all_logits, truth, cfg.output, plots=cfg.plots)
     return report
 
 
-def _load_models(cfg: EvaluateConfig) -> tuple[list[_Model], list[str], Any]:
-    manifest = read_manifest(cfg.onnx_dir) or {}
-    entries = manifest.get("variants") or [
-        {"file": p.name, "status": "unknown"} for p in sorted(cfg.onnx_dir.glob("*.onnx"))
-    ]
+def load_models(cfg: EvaluateConfig) -> tuple[list[EvaluatedModel], list[str], PreprocessSpec]:
+    """The manifest's variants (or every known variant file in the folder), PyTorch first."""
+    assert cfg.onnx_dir is not None
+    if not cfg.onnx_dir.is_dir():
+        raise UserError(f"{cfg.onnx_dir}: no such folder; run `medvit-edge export` first")
+    manifest = Manifest.read(cfg.onnx_dir)
+    if manifest is not None:
+        entries = [(record.file, record.status) for record in manifest.variants]
+    else:
+        entries = [(name, "unknown") for name in file_names() if (cfg.onnx_dir / name).is_file()]
     if not entries:
-        raise FileNotFoundError(f"{cfg.onnx_dir}: no ONNX variants; run `medvit-edge export` first")
+        raise UserError(f"{cfg.onnx_dir}: no ONNX variants; run `medvit-edge export` first")
     models = []
-    for entry in entries:
-        path = cfg.onnx_dir / entry["file"]
-        before = _rss_mb()
+    for file_name, status in entries:
+        path = cfg.onnx_dir / file_name
+        before = rss_mb()
         classifier = Classifier.load(path, device="cpu", threads=cfg.threads)
-        loaded = max(_rss_mb() - before, 0.0)
-        status = entry.get("status", "unknown")
-        models.append(_Model(classifier.variant, status, path.stat().st_size, classifier.run, loaded))
+        loaded = max(rss_mb() - before, 0.0)
+        models.append(EvaluatedModel(classifier.variant, status, path.stat().st_size, classifier.run, loaded))
     labels, spec = classifier.labels, classifier.spec
     torch_model = _pytorch_model(cfg) if cfg.pytorch else None
     if torch_model is not None:
@@ -113,34 +177,49 @@ def _load_models(cfg: EvaluateConfig) -> tuple[list[_Model], list[str], Any]:
     return models, labels, spec
 
 
-def _pytorch_model(cfg: EvaluateConfig) -> _Model | None:
+def _pytorch_model(cfg: EvaluateConfig) -> EvaluatedModel | None:
     try:
         import torch
         from transformers import AutoModelForImageClassification
     except ImportError:
-        _log("torch/transformers not installed: parity is measured against the fp32 ONNX file")
+        logger.info("torch/transformers not installed: parity is measured against the fp32 ONNX file")
         return None
     weights = sorted(cfg.run_dir.glob("*.safetensors"))
     if not weights:
         return None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    before = _rss_mb()
+    before = rss_mb()
     model = AutoModelForImageClassification.from_pretrained(cfg.run_dir, use_safetensors=True).eval()
-    loaded = max(_rss_mb() - before, 0.0)
+    loaded = max(rss_mb() - before, 0.0)
+    batch = cfg.throughput_batch or 16
 
-    def logits(batch: np.ndarray) -> np.ndarray:
+    def logits(pixels: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model(pixel_values=torch.from_numpy(batch)).logits.float().numpy()
+            parts = [
+                model(pixel_values=torch.from_numpy(pixels[s : s + batch])).logits.float().numpy()
+                for s in range(0, len(pixels), batch)
+            ]
+        return np.concatenate(parts)
 
-    return _Model("pytorch-fp32", "reference", sum(w.stat().st_size for w in weights), logits, loaded)
+    return EvaluatedModel("pytorch-fp32", "reference", sum(w.stat().st_size for w in weights), logits, loaded)
 
 
-def _load_images(cfg: EvaluateConfig, spec: Any) -> tuple[list[LabelledImage], np.ndarray, list[str]]:
+def _load_images(
+    cfg: EvaluateConfig, spec: PreprocessSpec, labels: list[str]
+) -> tuple[list[LabelledImage], np.ndarray, list[str]]:
     source = cfg.data or cfg.run_dir / "split.csv"
+    if not source.exists():
+        raise UserError(f"{source}: no labelled set (pass --data with a split CSV or class folders)")
     images = read_labelled_set(source)
-    if cfg.split and any(i.split for i in images):
+    splits = sorted({i.split for i in images if i.split})
+    if cfg.split and splits:
         images = [i for i in images if i.split == cfg.split]
+        if not images:
+            raise UserError(f"{source}: no images in split {cfg.split!r} (splits there: {', '.join(splits)})")
+    unknown = sorted({i.label for i in images} - set(labels))
+    if unknown:
+        raise UserError(f"{source}: labels {unknown} are not among the model's {labels}")
     decoded, kept, skipped = [], [], []
     for image in images:
         try:
@@ -149,80 +228,57 @@ def _load_images(cfg: EvaluateConfig, spec: Any) -> tuple[list[LabelledImage], n
         except ImageDecodeError as exc:
             skipped.append(str(exc))
     if not kept:
-        raise ValueError(f"{source}: no readable labelled images (split {cfg.split!r})")
+        raise UserError(f"{source}: no readable labelled images (split {cfg.split!r})")
     return kept, preprocess_batch(decoded, spec), skipped
 
 
-def _batched(run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([run(pixels[s : s + batch]) for s in range(0, len(pixels), batch)]).astype(
-        np.float32
-    )
-
-
 def _row(
-    model: _Model,
+    model: EvaluatedModel,
     logits: np.ndarray,
     truth: np.ndarray,
     labels: list[str],
     pixels: np.ndarray,
     cfg: EvaluateConfig,
-) -> dict[str, Any]:
+) -> VariantEvaluation:
     probabilities = softmax(logits)
     predicted = probabilities.argmax(axis=1)
     metrics = classification_metrics(truth, predicted, labels)
     ci = bootstrap_ci(truth, predicted, len(labels), samples=cfg.bootstrap_samples)
-    latency = _latency(model.logits, pixels, cfg.latency_runs)
-    latency["memory_mb"] = model.load_memory_mb + latency.pop("run_memory_mb")
-    return {
-        "variant": model.name,
-        "status": model.status,
-        "size_mb": model.size_bytes / 1e6,
-        "accuracy": metrics["accuracy"],
-        "accuracy_ci": ci["accuracy"],
-        "balanced_accuracy": metrics["balanced_accuracy"],
-        "macro_f1": metrics["macro_f1"],
-        "recall": {label: metrics["per_class"][label]["recall"] for label in labels},
-        "recall_ci": dict(zip(labels, ci["recall"])),
-        "specificity": {label: metrics["per_class"][label]["specificity"] for label in labels},
-        "auc": dict(zip(labels, auc_one_vs_rest(truth, probabilities))),
-        "ece": calibration(probabilities, truth)["ece"],
-        "confusion_matrix": metrics["confusion_matrix"],
-        **latency,
-        "throughput_batch": cfg.throughput_batch,
-        "throughput_ips": _throughput(model.logits, pixels, cfg.throughput_batch),
-    }
+    before = rss_mb()
+    latency = measure_latency(lambda i: model.logits(pixels[i % len(pixels)][None]), cfg.latency_runs)
+    assert cfg.throughput_batch is not None
+    return VariantEvaluation(
+        variant=model.name,
+        status=model.status,
+        size_mb=model.size_bytes / 1e6,
+        accuracy=metrics["accuracy"],
+        accuracy_ci=tuple(ci["accuracy"]),  # type: ignore[arg-type]
+        balanced_accuracy=metrics["balanced_accuracy"],
+        macro_f1=metrics["macro_f1"],
+        recall={label: metrics["per_class"][label]["recall"] for label in labels},
+        recall_ci=dict(zip(labels, (tuple(c) for c in ci["recall"]))),  # type: ignore[arg-type]
+        specificity={label: metrics["per_class"][label]["specificity"] for label in labels},
+        auc=dict(zip(labels, auc_one_vs_rest(truth, probabilities))),
+        ece=calibration(probabilities, truth)["ece"],
+        confusion_matrix=metrics["confusion_matrix"],
+        latency_p50_ms=latency.p50_ms,
+        latency_p95_ms=latency.p95_ms,
+        memory_mb=model.load_memory_mb + max(rss_mb() - before, 0.0),
+        throughput_batch=cfg.throughput_batch,
+        throughput_ips=_throughput(model.logits, pixels, cfg.throughput_batch),
+    )
 
 
-def _add_parity(row: dict[str, Any], reference: np.ndarray, logits: np.ndarray, reference_name: str) -> None:
-    row["parity_reference"] = reference_name
-    row["max_abs_logit_diff"] = float(np.abs(reference - logits).max())
-    row["top1_agreement"] = float((reference.argmax(1) == logits.argmax(1)).mean())
-
-
-def _latency(run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, runs: int) -> dict[str, float]:
-    """Batch-1 latency percentiles after one warm-up run, and the resident-memory growth."""
-    before = _rss_mb()
-    run(pixels[:1])
-    times = []
-    for i in range(runs):
-        started = time.perf_counter()
-        run(pixels[i % len(pixels) : i % len(pixels) + 1])
-        times.append((time.perf_counter() - started) * 1000)
-    quantiles = statistics.quantiles(times, n=20) if len(times) > 1 else times * 19
-    return {
-        "latency_p50_ms": statistics.median(times),
-        "latency_p95_ms": quantiles[18],
-        "run_memory_mb": max(_rss_mb() - before, 0.0),
-    }
+def _add_parity(row: VariantEvaluation, reference: np.ndarray, logits: np.ndarray, name: str) -> None:
+    row.parity_reference = name
+    row.max_abs_logit_diff = float(np.abs(reference - logits).max())
+    row.top1_agreement = float((reference.argmax(1) == logits.argmax(1)).mean())
 
 
 def _throughput(run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, batch: int) -> float:
     sample = np.resize(pixels, (batch, *pixels.shape[1:]))
-    run(sample)
-    repeats, started = 3, time.perf_counter()
-    for _ in range(repeats):
-        run(sample)
-    return repeats * batch / (time.perf_counter() - started)
+    latency = measure_latency(lambda i: run(sample), runs=3)
+    return batch * 1000 / latency.p50_ms
 
 
 def _disagreements(
@@ -258,35 +314,3 @@ def _data_flags(images: list[LabelledImage]) -> dict[str, Any]:
         "duplicate_group_images": sum(n for n in groups.values() if n > 1),
         "group_column_present": bool(groups),
     }
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else what platform knows."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        if names:
-            return names[0]
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _machine() -> str:
-    import platform
-
-    return f"{cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()}"
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -1,4 +1,10 @@
-"""Checksums, atomic writes and the manifest that sits beside exported models."""
+"""Checksums and atomic writes.
+
+``atomic_writer`` leaves either the old file or the complete new one, never half, and removes
+its temporary file on any exception. A signal that kills the process skips that clean-up, so
+commands that write results run inside ``exit_on_signals``: SIGTERM and SIGHUP then raise
+``Terminated`` (a ``SystemExit``) in the main thread and the clean-up runs.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,12 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
-
-MANIFEST_NAME = "manifest.json"
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
@@ -64,22 +69,35 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
         handle.write("\n")
 
 
-def read_manifest(model_dir: Path) -> dict[str, Any] | None:
-    manifest_path = model_dir / MANIFEST_NAME
-    if not manifest_path.is_file():
-        return None
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP arrived; the exit status is 128 + the signal number, as a shell reports."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into ``Terminated`` in the main thread while the block runs, so
+    ``finally`` blocks and ``atomic_writer``'s clean-up run: a stopped run leaves no temporary
+    file. A second signal during that clean-up is ignored, so it cannot cut the clean-up short.
+    Outside the main thread (which alone may set handlers) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Terminated(signum)
+
+    wanted = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, handler) for signum in wanted}
     try:
-        return json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{manifest_path}: unreadable manifest ({exc})") from exc
-
-
-def manifest_entry(model_path: Path) -> dict[str, Any] | None:
-    """The manifest's record of this file, if a manifest beside it lists it."""
-    manifest = read_manifest(model_path.parent)
-    if manifest is None:
-        return None
-    for entry in manifest.get("variants", []):
-        if entry.get("file") == model_path.name:
-            return entry
-    return None
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)

@@ -1,16 +1,43 @@
 """``medvit-edge infer``: predictions for files, folders and globs, with numpy + onnxruntime.
 
 Decoding and preprocessing run in worker threads ahead of the model (Pillow, numpy and
-onnxruntime release the GIL), so the model is rarely kept waiting. A file that cannot be read
-becomes one error row; the run goes on. The output file is written atomically.
+onnxruntime release the GIL), so the model is rarely kept waiting. A file that cannot be read,
+or for which the model gives a NaN or infinite output, becomes one error row; the run goes on.
+
+What can be checked is checked before any work (``UserError``, exit 2, one line): the batch
+size, the ``--labels`` CSV, and the output: a ``.csv`` or ``.jsonl`` file in a folder that exists
+and is writable, not a directory, symlink or device, and never one of the inputs. MODEL may be
+a model file, a run folder or its ``onnx/`` folder (``resolve_model_path``).
+
+The output is written atomically. If writing it fails at the end (disk full, read-only),
+``OutputWriteError`` (exit 2) says so in one line and carries the summary: the previous file
+is left as it was, no temporary file is left behind, and the CLI prints the predictions on
+stdout instead, so a finished run is never lost silently.
+
+How values are written:
+
+* CSV is opened in spreadsheets, so text cells a spreadsheet would run as a formula are
+  neutralised (OWASP CSV injection): a leading ``'`` was added to cells that start with
+  ``=`` ``+`` ``-`` ``@`` tab or CR; strip one leading ``'`` from such cells to recover the
+  value. This holds for every text column (path, label, variant, model_sha256, error) and for
+  the header, whose class names come from the model's metadata. Probabilities are numbers
+  (never negative), written as is. When the CSV goes to a terminal, control characters are
+  escaped too (``\\x1b``), like everything else printed.
+* JSONL is not a spreadsheet: its values are left raw; non-finite numbers never reach it
+  (``allow_nan=False``), so every line is valid JSON.
+* In both, the bytes of a file name that are not valid UTF-8 are written as ``\\xNN`` escapes
+  (what ``os.fsencode(path).decode("utf-8", "backslashreplace")`` gives); turn each ``\\xNN``
+  back into the byte ``0xNN`` to recover the name (a name that itself contains a backslash, an
+  ``x`` and two hex digits cannot be told apart from such an escape).
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import os
+import sys
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,44 +46,57 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+from PIL import Image
 
 from medvit_edge.dicom import looks_like_dicom, read_dicom_frames
+from medvit_edge.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE, ModelLoadError, UserError, printable
 from medvit_edge.files import atomic_writer
-from medvit_edge.images import (
-    DICOM_SUFFIXES,
-    IMAGE_SUFFIXES,
-    ImageDecodeError,
-    is_mask_file,
-    load_image,
-)
+from medvit_edge.images import DICOM_SUFFIXES, ImageDecodeError, load_image, refuse_constant
+from medvit_edge.inputs import InputFile, collect_inputs
+from medvit_edge.manifest import manifest_entry
 from medvit_edge.metrics import classification_metrics, softmax
+from medvit_edge.options import validate_literals
 from medvit_edge.preprocess import PreprocessSpec, preprocess
 from medvit_edge.progress import Progress
 from medvit_edge.runtime import Classifier
+from medvit_edge.variants import DEPLOY_PREFERENCE, VARIANTS, Device
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
-FIXED_COLUMNS = ("path", "frame", "label", "error", "variant", "model_sha256")
+__all__ = [
+    "EXIT_OK",
+    "EXIT_SOME_FAILED",
+    "EXIT_UNUSABLE",
+    "InferConfig",
+    "InferSummary",
+    "OutputWriteError",
+    "check_output",
+    "format_predictions",
+    "infer",
+    "read_labels_csv",
+    "resolve_model_path",
+    "write_predictions",
+]
+
+OUTPUT_FORMATS = (".csv", ".jsonl")
+# First characters that make a spreadsheet evaluate a cell (OWASP CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+NON_FINITE = "model output is not finite (NaN/inf)"
 
 
 @dataclass
 class InferConfig:
-    model: Path
+    model: Path  # a model file, a run folder or its onnx/ folder
     inputs: list[str]
     output: Path | None = None
     batch_size: int = 8
     threads: int | None = None
-    device: str = "auto"
+    device: Device = "auto"
     verify: bool | None = None
     labels_csv: Path | None = None
     decode_workers: int = 2
     progress: bool = True
 
-
-@dataclass(frozen=True)
-class InputFile:
-    path: Path
-    root: Path | None = None  # the folder it was found in, for class-folder ground truth
-    error: str | None = None
+    def __post_init__(self) -> None:
+        validate_literals(self)
 
 
 @dataclass
@@ -67,59 +107,189 @@ class InferSummary:
     failed_files: int
     predictions: int
     metrics: dict[str, Any] | None = None
-    output: Path | None = None
-    errors: list[str] = field(default_factory=list)
+    output: Path | None = None  # where the rows were written; None: nowhere
+    errors: list[str] = field(default_factory=list)  # the first error of each failed file
+    inputs: list[str] = field(default_factory=list)  # the specs given, to say where nothing was found
+    skipped: str = ""  # what the folder walk passed over, e.g. "3 skipped: 2 BUSI mask, 1 hidden"
 
     @property
     def exit_code(self) -> int:
-        return EXIT_SOME_FAILED if self.failed_files else EXIT_OK
+        # no input at all is a failure too: a typo in a folder name must not look like success
+        return EXIT_SOME_FAILED if self.failed_files or not self.files else EXIT_OK
 
 
-def collect_inputs(specs: list[str]) -> list[InputFile]:
-    """Files as given, folders walked recursively (sorted), globs expanded."""
-    found: list[InputFile] = []
-    for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
-            found.extend(InputFile(p, root=path) for p in _walk_images(path))
-        elif path.exists() or path.is_symlink():
-            found.append(InputFile(path))
-        elif glob.has_magic(spec):
-            matches = sorted(glob.glob(spec, recursive=True))
-            found.extend(InputFile(Path(m)) for m in matches if not Path(m).is_dir())
-            if not matches:
-                found.append(InputFile(path, error=f"{spec}: no file matches this pattern"))
-        else:
-            found.append(InputFile(path, error=f"{spec}: no such file or folder"))
-    return found
+class OutputWriteError(UserError):
+    """The run finished but its output could not be written; ``summary`` keeps every row."""
+
+    def __init__(self, message: str, summary: InferSummary):
+        super().__init__(message)
+        self.summary = summary
 
 
-def _walk_images(folder: Path) -> Iterator[Path]:
-    suffixes = IMAGE_SUFFIXES | DICOM_SUFFIXES
-    # followlinks=False: a symlinked folder loop cannot send the walk round forever.
-    for directory, subdirs, names in os.walk(folder, followlinks=False):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        for name in sorted(names):
-            path = Path(directory) / name
-            if name.startswith(".") or is_mask_file(path):
-                continue
-            if path.suffix.lower() in suffixes:
-                yield path
+def resolve_model_path(path: Path) -> Path:
+    """A model file as is; a run folder or its ``onnx/`` folder -> the file to run there.
+
+    The first variant of ``DEPLOY_PREFERENCE`` (fastest on a CPU first) whose file is present
+    wins, but a quantized or half-precision file only when manifest.json says it passed
+    validation; fp32, the reference, is trusted without a manifest. A file the manifest marks
+    failed is never picked. A folder with none is a ``ModelLoadError`` listing its ``.onnx``
+    files."""
+    if not path.is_dir():
+        return path  # a missing file is reported by Classifier.load
+    folder = path / "onnx" if (path / "onnx").is_dir() else path
+    names = list(dict.fromkeys(VARIANTS[v].file_name for v in DEPLOY_PREFERENCE))
+    for name in names:
+        candidate = folder / name
+        if candidate.is_file():
+            record = manifest_entry(candidate)  # ModelLoadError when the manifest is unusable
+            status = None if record is None else record.status
+            if status == "passed" or (status is None and name == VARIANTS["fp32"].file_name):
+                return candidate
+    found = ", ".join(sorted(p.name for p in folder.glob("*.onnx"))) or "none"
+    wanted = " or ".join(names)
+    raise ModelLoadError(
+        f"{folder}: no usable model in this folder (looked for a validated {wanted}); "
+        f".onnx files there: {found}. Name the model file to run another one."
+    )
 
 
-def decode_file(path: Path, spec: PreprocessSpec) -> list[tuple[int, np.ndarray]]:
-    """One file -> its preprocessed frames (a single image is frame 0)."""
+def check_arguments(cfg: InferConfig) -> None:
+    """Numbers that would only fail after the whole run (or never finish) are refused first."""
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.threads is not None and cfg.threads < 0:
+        raise UserError(f"--threads must be 0 (all cores) or more, got {cfg.threads}")
+    if cfg.decode_workers < 1:
+        raise UserError(f"decode_workers must be at least 1, got {cfg.decode_workers}")
+
+
+def check_output(output: Path, inputs: list[Path]) -> None:
+    """Refuse, before any work, an output that would destroy an input (an image, the labels
+    CSV) or cannot be written."""
+    try:
+        _check_output_kind(output)
+        clash = _input_at(output, inputs)
+    except OSError as exc:
+        raise UserError(f"--output {output}: cannot inspect it ({exc.strerror or exc})") from exc
+    if clash is not None:
+        raise UserError(
+            f"--output {output}: this is the input {clash}; writing the predictions there "
+            "would destroy it. Choose another output file."
+        )
+    if output.suffix.lower() not in OUTPUT_FORMATS:
+        raise UserError(
+            f"--output {output}: unknown output format {output.suffix or '(no extension)'}; "
+            f"use one of: {', '.join(OUTPUT_FORMATS)}"
+        )
+    _probe_folder(output)
+
+
+def _check_output_kind(output: Path) -> None:
+    if output.is_symlink():
+        raise UserError(f"--output {output}: is a symbolic link; name a regular file")
+    if output.is_dir():
+        raise UserError(f"--output {output}: is a directory; name a file in it, e.g. {output / 'preds.csv'}")
+    if output.exists() and not output.is_file():
+        raise UserError(f"--output {output}: is not a regular file (a device, pipe or socket)")
+
+
+def _input_at(output: Path, inputs: list[Path]) -> Path | None:
+    """The input that ``output`` is, resolving symlinks and relative paths; None if none is."""
+    target = os.path.realpath(output)
+    name = os.path.basename(target).lower()
+    exists = os.path.exists(target)
+    for path in inputs:
+        try:
+            if _same_file(path, target, name, exists):
+                return path
+        except OSError:  # an input that cannot be inspected cannot be the output either
+            continue
+    return None
+
+
+def _same_file(path: Path, target: str, name: str, exists: bool) -> bool:
+    # Only an input of the same name, or a symlink, can resolve to the output: this keeps a
+    # folder of 100,000 inputs from costing 100,000 realpath() walks.
+    if path.name.lower() != name and not path.is_symlink():
+        return False
+    if os.path.realpath(path) == target:
+        return True
+    return exists and path.exists() and os.path.samefile(path, target)  # case-folding disks
+
+
+def _probe_folder(output: Path) -> None:
+    """Create and remove a file beside ``output``: the only sure test that it can be written."""
+    folder = output.parent
+    if not folder.is_dir():
+        raise UserError(f"--output {output}: folder {folder} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{output.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise UserError(f"--output {output}: cannot write in {folder} ({exc.strerror or exc})") from exc
+
+
+def read_labels_csv(path: Path) -> dict[str, str]:
+    """A CSV with ``path`` and ``label`` columns (a UTF-8 BOM is allowed); relative paths are
+    relative to the CSV. Unreadable or without those columns: ``UserError``."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [name.strip() for name in reader.fieldnames or []]
+            if not {"path", "label"} <= set(columns):
+                raise UserError(
+                    f"--labels {path}: a labels CSV needs 'path' and 'label' columns; "
+                    f"found: {', '.join(columns) or 'nothing'}"
+                )
+            reader.fieldnames = columns
+            return _truth_records(reader, path)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise UserError(f"--labels {path}: cannot read it as a UTF-8 CSV ({reason})") from exc
+
+
+def _truth_records(reader: csv.DictReader[str], path: Path) -> dict[str, str]:
+    truth = {}
+    for record in reader:
+        given, label = (record.get("path") or "").strip(), (record.get("label") or "").strip()
+        if not given:
+            continue
+        file_path = Path(given)
+        resolved = file_path if file_path.is_absolute() else path.parent / file_path
+        truth[str(resolved)] = label
+        truth[given] = label
+    return truth
+
+
+# (frame index, preprocessed tensor or that frame's error)
+Frames = list[tuple[int, np.ndarray | str]]
+
+
+def decode_file(path: Path, spec: PreprocessSpec) -> Frames:
+    """One file -> its preprocessed frames (a single image is frame 0). A blank frame of a
+    multi-frame file is that frame's error (a cine loop keeps its other frames); a blank
+    single-frame file is an ``ImageDecodeError``."""
     if path.exists() and not path.is_file():
         # a FIFO or device named like an image would block the run forever on open()
         raise ImageDecodeError(f"{path}: not a regular file")
     if path.suffix.lower() in DICOM_SUFFIXES or looks_like_dicom(path):
-        frames = read_dicom_frames(path)
+        frames = read_dicom_frames(path, check_constant=False)
+        if len(frames) == 1:
+            refuse_constant(frames[0], str(path))
     else:
         frames = [load_image(path)]
-    return [(index, preprocess(frame, spec)) for index, frame in enumerate(frames)]
+    return [(index, _frame_tensor(path, index, frame, spec)) for index, frame in enumerate(frames)]
 
 
-def _decode_safely(item: InputFile, spec: PreprocessSpec) -> list[tuple[int, np.ndarray]] | str:
+def _frame_tensor(path: Path, index: int, frame: Image.Image, spec: PreprocessSpec) -> np.ndarray | str:
+    try:
+        refuse_constant(frame, f"{path}: frame {index}")
+    except ImageDecodeError as exc:
+        return str(exc)
+    return preprocess(frame, spec)
+
+
+def _decode_safely(item: InputFile, spec: PreprocessSpec) -> Frames | str:
     if item.error:
         return item.error
     try:
@@ -132,7 +302,7 @@ def _decode_safely(item: InputFile, spec: PreprocessSpec) -> list[tuple[int, np.
 
 def _decoded_in_order(
     items: list[InputFile], spec: PreprocessSpec, workers: int, window: int
-) -> Iterator[tuple[InputFile, list[tuple[int, np.ndarray]] | str]]:
+) -> Iterator[tuple[InputFile, Frames | str]]:
     """Decode ahead in threads, at most ``window`` files in flight, yielding in input order."""
     with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="decode") as pool:
         pending: deque[tuple[InputFile, Future[Any]]] = deque()
@@ -150,78 +320,132 @@ def _decoded_in_order(
 
 
 class _Batcher:
-    """Gathers frames into model batches and emits rows in input order."""
+    """Gathers frames into model batches and emits rows in input order.
+
+    ``failed`` maps the index of each failed input file to its first error: a file counts once
+    however many of its frames failed."""
 
     def __init__(self, classifier: Classifier, batch_size: int):
         self.classifier, self.batch_size = classifier, batch_size
-        self.pending: list[tuple[dict[str, Any], np.ndarray | None]] = []
+        self.pending: list[tuple[int, dict[str, Any], np.ndarray | None]] = []
         self.rows: list[dict[str, Any]] = []
+        self.failed: dict[int, str] = {}
         self.batch = np.empty((batch_size, 3, classifier.spec.size, classifier.spec.size), np.float32)
         self.filled = 0
 
-    def add(self, row: dict[str, Any], tensor: np.ndarray | None) -> None:
+    def add(self, file_index: int, row: dict[str, Any], tensor: np.ndarray | None) -> None:
         if tensor is not None:
             self.batch[self.filled] = tensor
             self.filled += 1
-        self.pending.append((row, tensor))
+        self.pending.append((file_index, row, tensor))
         if self.filled == self.batch_size:
             self.flush()
 
     def flush(self) -> None:
-        probabilities = softmax(self.classifier.run(self.batch[: self.filled])) if self.filled else None
+        if self.filled:
+            logits = self.classifier.run(self.batch[: self.filled])
+        else:  # only error rows are pending
+            logits = np.empty((0, len(self.classifier.labels)), np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are reported below
+            probabilities = softmax(logits)
+        finite = np.isfinite(logits).all(axis=1) & np.isfinite(probabilities).all(axis=1)
         position = 0
-        for row, tensor in self.pending:
+        for file_index, row, tensor in self.pending:
             if tensor is not None:
-                prediction = self.classifier.to_prediction(probabilities[position])
-                row["label"] = prediction.label
-                row.update(prediction.probabilities)
+                if finite[position]:
+                    prediction = self.classifier.to_prediction(probabilities[position])
+                    row["label"] = prediction.label
+                    row.update(prediction.probabilities)
+                else:  # a NaN must never come out as a label (argmax of NaNs is class 0)
+                    row["error"] = f"{row['path']}: {NON_FINITE}"
                 position += 1
+            if row["error"]:
+                self.failed.setdefault(file_index, row["error"])
             self.rows.append(row)
         self.pending, self.filled = [], 0
 
 
 def infer(cfg: InferConfig, classifier: Classifier | None = None) -> InferSummary:
-    """Run ``cfg.model`` over ``cfg.inputs``; write ``cfg.output`` (.csv or .jsonl) if given."""
-    classifier = classifier or Classifier.load(
-        cfg.model, device=cfg.device, threads=cfg.threads, verify=cfg.verify
-    )
+    """Run ``cfg.model`` over ``cfg.inputs``; write ``cfg.output`` (.csv or .jsonl) if given.
+
+    Raises ``UserError`` (exit 2) before any work for unusable arguments, model or output, and
+    ``OutputWriteError`` (carrying the summary) when the output cannot be written at the end."""
+    check_arguments(cfg)
+    truth_csv = read_labels_csv(cfg.labels_csv) if cfg.labels_csv is not None else None
     items = collect_inputs(cfg.inputs)
-    base = {"variant": classifier.variant, "model_sha256": classifier.sha256 or ""}
-    batcher = _Batcher(classifier, cfg.batch_size)
-    progress = Progress(len(items), unit="files", enabled=cfg.progress)
-    errors: list[str] = []
-    window = max(cfg.batch_size * 2, 8)
-    for item, result in _decoded_in_order(items, classifier.spec, cfg.decode_workers, window):
-        if isinstance(result, str):
-            errors.append(result)
-            batcher.add({"path": str(item.path), "frame": "", "label": "", "error": result, **base}, None)
-        else:
-            for frame, tensor in result:
-                batcher.add({"path": str(item.path), "frame": frame, "error": "", **base}, tensor)
-        progress.update(note=f"{len(errors)} failed" if errors else "")
-    batcher.flush()
-    progress.close()
-    rows = batcher.rows
+    if cfg.output is not None:
+        # an input that already failed (a path too long to inspect, a missing file) is nothing
+        # the output could overwrite
+        readable = [item.path for item in items if not item.error]
+        protected = readable + ([cfg.labels_csv] if cfg.labels_csv else [])
+        check_output(cfg.output, protected)
+    classifier = classifier or _load_classifier(cfg)
+    rows, failed = _classify(items, classifier, cfg)
+    truth = truth_csv if truth_csv is not None else _truth_from_folders(items, classifier.labels)
     summary = InferSummary(
         rows=rows,
         labels=classifier.labels,
         files=len(items),
-        failed_files=len(errors),
+        failed_files=len(failed),
         predictions=sum(1 for row in rows if not row["error"]),
-        metrics=_ground_truth_metrics(rows, items, classifier.labels, cfg.labels_csv),
-        output=cfg.output,
-        errors=errors,
+        metrics=_ground_truth_metrics(rows, truth, classifier.labels),
+        errors=list(failed.values()),
+        inputs=list(cfg.inputs),
+        skipped=items.describe_skipped() if items.skipped else "",
     )
     if cfg.output is not None:
-        write_predictions(cfg.output, rows, classifier.labels)
+        _write_output(cfg.output, summary)
     return summary
 
 
+def _load_classifier(cfg: InferConfig) -> Classifier:
+    path = resolve_model_path(cfg.model)
+    classifier = Classifier.load(path, device=cfg.device, threads=cfg.threads, verify=cfg.verify)
+    if path != cfg.model:  # a folder was given: say which file of it runs
+        print(f"using {printable(path)} ({printable(classifier.variant)})", file=sys.stderr, flush=True)
+    return classifier
+
+
+def _classify(
+    items: list[InputFile], classifier: Classifier, cfg: InferConfig
+) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """Every input through the model: rows in input order, and the failed files' first errors."""
+    base = {"variant": classifier.variant, "model_sha256": classifier.sha256 or ""}
+    batcher = _Batcher(classifier, cfg.batch_size)
+    progress = Progress(len(items), unit="files", enabled=cfg.progress)
+    window = max(cfg.batch_size * 2, 8)
+    decoded = _decoded_in_order(items, classifier.spec, cfg.decode_workers, window)
+    for index, (item, result) in enumerate(decoded):
+        path = str(item.path)
+        if isinstance(result, str):
+            batcher.add(index, {"path": path, "frame": "", "label": "", "error": result, **base}, None)
+        else:
+            for frame, tensor in result:
+                error = tensor if isinstance(tensor, str) else ""
+                row = {"path": path, "frame": frame, "label": "", "error": error, **base}
+                batcher.add(index, row, None if error else tensor)
+        progress.update(note=f"{len(batcher.failed)} failed" if batcher.failed else "")
+    batcher.flush()
+    progress.close()
+    return batcher.rows, batcher.failed
+
+
+def _write_output(path: Path, summary: InferSummary) -> None:
+    try:
+        write_predictions(path, summary.rows, summary.labels)
+    except OSError as exc:  # disk full, read-only, removed folder: the run itself is done
+        raise OutputWriteError(
+            f"{path}: cannot write the predictions ({exc.strerror or exc}); nothing was written "
+            "there and any previous file is unchanged",
+            summary,
+        ) from exc
+    summary.output = path
+
+
 def _ground_truth_metrics(
-    rows: list[dict[str, Any]], items: list[InputFile], labels: list[str], labels_csv: Path | None
+    rows: list[dict[str, Any]], truth: dict[str, str], labels: list[str]
 ) -> dict[str, Any] | None:
     """Accuracy and recall when truth is known: a --labels CSV, or one sub-folder per class."""
-    truth = _truth_from_csv(labels_csv) if labels_csv else _truth_from_folders(items, labels)
     pairs = [(truth[row["path"]], row["label"]) for row in rows if not row["error"] and row["path"] in truth]
     pairs = [(t, p) for t, p in pairs if t in labels]
     if not pairs:
@@ -242,21 +466,6 @@ def _truth_from_folders(items: list[InputFile], labels: list[str]) -> dict[str, 
     return truth
 
 
-def _truth_from_csv(path: Path) -> dict[str, str]:
-    """A CSV with ``path`` and ``label`` columns; relative paths are relative to the CSV."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: a labels CSV needs 'path' and 'label' columns")
-        truth = {}
-        for record in reader:
-            file_path = Path(record["path"])
-            resolved = file_path if file_path.is_absolute() else path.parent / file_path
-            truth[str(resolved)] = record["label"]
-            truth[record["path"]] = record["label"]
-        return truth
-
-
 def write_predictions(path: Path, rows: list[dict[str, Any]], labels: list[str]) -> None:
     """CSV (``.csv``) or JSON Lines (``.jsonl``), written atomically."""
     with atomic_writer(path) as handle:
@@ -264,19 +473,44 @@ def write_predictions(path: Path, rows: list[dict[str, Any]], labels: list[str])
 
 
 def format_predictions(
-    handle: TextIO, rows: list[dict[str, Any]], labels: list[str], jsonl: bool = False
+    handle: TextIO,
+    rows: list[dict[str, Any]],
+    labels: list[str],
+    jsonl: bool = False,
+    terminal: bool = False,
 ) -> None:
-    """One row per frame: path, frame, label, a probability column per class, variant, sha256, error."""
+    """One row per frame: path, frame, label, a probability column per class, variant, sha256,
+    error. ``terminal``: the CSV goes to a terminal, so control characters are escaped too.
+    The module docstring says how values are escaped and how to undo it."""
     columns = ["path", "frame", "label", *labels, "variant", "model_sha256", "error"]
     if jsonl:
         for row in rows:
-            handle.write(json.dumps({c: row.get(c) for c in columns}) + "\n")
+            record = {c: _json_value(row.get(c)) for c in columns}
+            handle.write(json.dumps(record, allow_nan=False) + "\n")  # NaN is not JSON
         return
-    writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
+    writer = csv.writer(handle)
+    writer.writerow([_csv_cell(column, terminal) for column in columns])
     for row in rows:
-        writer.writerow({c: _csv_value(row.get(c, "")) for c in columns})
+        writer.writerow([_csv_cell(row.get(column, ""), terminal) for column in columns])
 
 
-def _csv_value(value: Any) -> Any:
-    return f"{value:.6f}" if isinstance(value, float) else value
+def _csv_cell(value: Any, terminal: bool) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    if not isinstance(value, str):
+        return value
+    text = printable(value) if terminal else _undecodable_escaped(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def _json_value(value: Any) -> Any:
+    return _undecodable_escaped(value) if isinstance(value, str) else value
+
+
+def _undecodable_escaped(text: str) -> str:
+    """File-name bytes that are not UTF-8 (lone surrogates after ``os.fsdecode``) as ``\\xNN``,
+    so a strict UTF-8 file can hold every path."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that did not come from a file name
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -6,7 +6,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from medvit_edge.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_mask_file
+from medvit_edge.errors import UserError
+from medvit_edge.inputs import SkippedInput, walk_folder
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -15,6 +16,10 @@ SPLIT_ALIASES = {
     "validation": "validation",
     "test": "test",
 }
+
+
+class LabelledSetError(UserError, ValueError):
+    """A labelled set (split CSV or class folders) that cannot be used; names the file (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -29,17 +34,27 @@ class LabelledImage:
 
 def read_split_csv(csv_path: Path) -> list[LabelledImage]:
     """Rows ``path,label[,split][,dup_group][,label_conflict]``; relative paths are relative
-    to the CSV's folder."""
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise ValueError(f"{csv_path}: needs 'path' and 'label' columns (and optionally 'split')")
+    to the CSV's folder. A UTF-8 byte-order mark (as Excel writes) is allowed; spaces around
+    column names, paths and labels are dropped ("benign " is "benign")."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [(name or "").strip() for name in reader.fieldnames or []]
+            reader.fieldnames = columns
+            rows = [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise LabelledSetError(f"{csv_path}: cannot read it as a UTF-8 CSV ({exc})") from exc
+    if not {"path", "label"} <= set(columns):
+        found = ", ".join(columns) or "no header"
+        raise LabelledSetError(
+            f"{csv_path}: needs 'path' and 'label' columns (and optionally 'split'); found: {found}"
+        )
     images = []
     for row in rows:
-        raw_split = (row.get("split") or "").strip().lower()
+        raw_split = (row.get("split") or "").lower()
         split = SPLIT_ALIASES.get(raw_split, "")
         if raw_split and not split:
-            raise ValueError(f"{csv_path}: unknown split {row['split']!r} for {row['path']}")
+            raise LabelledSetError(f"{csv_path}: unknown split {row['split']!r} for {row['path']}")
         given = Path(row["path"])
         images.append(
             LabelledImage(
@@ -48,24 +63,29 @@ def read_split_csv(csv_path: Path) -> list[LabelledImage]:
                 label=row["label"],
                 split=split,
                 group=row.get("dup_group") or "",
-                label_conflict=(row.get("label_conflict") or "").strip().lower() in ("yes", "true", "1"),
+                label_conflict=(row.get("label_conflict") or "").lower() in ("yes", "true", "1"),
             )
         )
     return images
 
 
 def read_class_folders(root: Path) -> list[LabelledImage]:
-    """``root/<class>/**/image``; segmentation masks (``*_mask*``) are skipped."""
+    """``root/<class>/**/image``, by the same input rule as ``infer``'s folder walk
+    (``medvit_edge.inputs``): image and DICOM suffixes, DICOM files without a suffix, BUSI masks
+    (``name_mask.png``, ``name_mask_1.png``) and hidden names skipped. A sub-folder that cannot
+    be read is a ``LabelledSetError``: training on part of a class without saying so is worse."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if len(classes) < 2:
-        raise ValueError(f"{root}: expected one sub-folder per class (found {classes or 'none'})")
-    suffixes = IMAGE_SUFFIXES | DICOM_SUFFIXES
-    return [
-        LabelledImage(str(path.relative_to(root)), path, label)
-        for label in classes
-        for path in sorted((root / label).rglob("*"))
-        if path.suffix.lower() in suffixes and not is_mask_file(path) and path.is_file()
-    ]
+        raise LabelledSetError(f"{root}: expected one sub-folder per class (found {classes or 'none'})")
+    images = []
+    for label in classes:
+        for item in walk_folder(root / label):
+            if isinstance(item, SkippedInput):
+                continue
+            if item.error:
+                raise LabelledSetError(item.error)
+            images.append(LabelledImage(str(item.path.relative_to(root)), item.path, label))
+    return sorted(images, key=lambda image: image.path)  # the order rglob gave before
 
 
 def read_labelled_set(source: Path, split: str | None = None) -> list[LabelledImage]:
@@ -77,7 +97,7 @@ def read_labelled_set(source: Path, split: str | None = None) -> list[LabelledIm
     elif source.is_dir():
         images = read_class_folders(source)
     else:
-        raise FileNotFoundError(f"{source}: no such labelled set (a CSV or a class-folder directory)")
+        raise LabelledSetError(f"{source}: no such labelled set (a CSV or a class-folder directory)")
     if split is None:
         return images
     return [image for image in images if image.split == split]

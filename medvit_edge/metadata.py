@@ -26,6 +26,9 @@ from medvit_edge.preprocess import PreprocessError, PreprocessSpec
 FORMAT_KEY = "medvit_edge.format"
 FORMAT_VERSION = "1"
 REQUIRED_KEYS = ("labels", "preprocess", "variant")
+# Columns of every prediction row: a label with one of these names would overwrite it.
+RESERVED_COLUMNS = frozenset({"path", "frame", "label", "error", "variant", "model_sha256", "decision"})
+MAX_LABEL_LENGTH = 64
 
 
 class MetadataError(ValueError):
@@ -65,17 +68,15 @@ class ModelMetadata:
                 f"{source}: no medvit-edge metadata ({', '.join(missing)} missing). Export it "
                 "with `medvit-edge export`, or add the keys described in medvit_edge.metadata."
             )
-        labels = _json_value(props, "labels", list, source)
-        if not labels or not all(isinstance(label, str) for label in labels):
-            raise MetadataError(f"{source}: 'labels' must be a non-empty JSON list of strings")
+        labels = check_labels(_json_value(props, "labels", list, source), source)
         try:
             spec = PreprocessSpec.from_json(props["preprocess"])
-        except (PreprocessError, TypeError) as exc:
+        except (PreprocessError, TypeError, ValueError) as exc:
             raise MetadataError(f"{source}: bad 'preprocess' metadata: {exc}") from exc
         return cls(
             labels=tuple(labels),
             preprocess=spec,
-            variant=props["variant"],
+            variant=_check_text(props["variant"], "variant", source),
             source_sha256=props.get("source_sha256", ""),
             versions=_json_value(props, "versions", dict, source, default={}),
             created=props.get("created", ""),
@@ -83,12 +84,37 @@ class ModelMetadata:
         )
 
 
+def check_labels(labels: Any, source: str) -> list[str]:
+    """Labels become output columns and class names: at least two distinct, non-empty, printable
+    strings, none named like a fixed column."""
+    if not isinstance(labels, list) or len(labels) < 2:
+        raise MetadataError(f"{source}: 'labels' must be a JSON list of at least 2 class names")
+    for label in labels:
+        if not isinstance(label, str) or not label.strip():
+            raise MetadataError(f"{source}: label {label!r} is not a non-empty string")
+        if len(label) > MAX_LABEL_LENGTH or not label.isprintable():
+            raise MetadataError(f"{source}: label {label!r} is too long or holds control characters")
+        if label.lower() in RESERVED_COLUMNS:
+            raise MetadataError(f"{source}: label {label!r} collides with an output column")
+    folded = [label.lower() for label in labels]
+    repeated = sorted({label for label in labels if folded.count(label.lower()) > 1})
+    if repeated:
+        raise MetadataError(f"{source}: labels repeat ({', '.join(repeated)})")
+    return labels
+
+
+def _check_text(value: str, key: str, source: str) -> str:
+    if not value or len(value) > MAX_LABEL_LENGTH or not value.isprintable():
+        raise MetadataError(f"{source}: metadata {key!r} must be a short printable string, got {value!r}")
+    return value
+
+
 def _json_value(props: dict[str, str], key: str, kind: type, source: str, default: Any = None) -> Any:
     if key not in props:
         return default
     try:
         value = json.loads(props[key])
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise MetadataError(f"{source}: metadata '{key}' is not valid JSON ({exc})") from exc
     if not isinstance(value, kind):
         raise MetadataError(f"{source}: metadata '{key}' must be a JSON {kind.__name__}")

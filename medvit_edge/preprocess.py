@@ -9,6 +9,7 @@ used, to resize; everything after that is numpy.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -28,6 +29,18 @@ INTERPOLATIONS: dict[str, int] = {
     "hamming": Image.Resampling.HAMMING,
 }
 _PIL_CODE_TO_NAME = {code: name for name, code in INTERPOLATIONS.items()}
+
+
+# Larger inputs than this are not a ViT on a scanner: a typo (20000) would allocate gigabytes.
+MAX_SIZE = 4096
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class PreprocessError(ValueError):
@@ -53,22 +66,32 @@ class PreprocessSpec:
     _lut: np.ndarray = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        self._validate()
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
-        self._validate()
         object.__setattr__(self, "_lut", _normalisation_table(self))
 
     def _validate(self) -> None:
-        if self.size < 1 or self.resize_size < 1:
-            raise PreprocessError(f"size and resize_size must be positive, got {self}")
+        """Refuse a spec that would crash or silently poison every prediction (a NaN std makes
+        every input NaN; a float or huge size fails deep inside numpy)."""
+        for name in ("size", "resize_size"):
+            value = getattr(self, name)
+            if not _is_int(value) or not 1 <= value <= MAX_SIZE:
+                raise PreprocessError(f"{name} must be a whole number from 1 to {MAX_SIZE}, got {value!r}")
         if self.resize_mode not in ("shortest_edge", "squash"):
             raise PreprocessError(f"unknown resize_mode {self.resize_mode!r}")
-        if self.interpolation not in INTERPOLATIONS:
+        if not isinstance(self.interpolation, str) or self.interpolation not in INTERPOLATIONS:
             raise PreprocessError(
                 f"unknown interpolation {self.interpolation!r}; one of {sorted(INTERPOLATIONS)}"
             )
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise PreprocessError("mean and std need 3 values each, std > 0")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(map(_is_finite, values)):
+                raise PreprocessError(f"{name} needs 3 finite numbers, got {values!r}")
+        if min(self.std) <= 0:
+            raise PreprocessError(f"std must be > 0, got {list(self.std)}")
+        if not _is_finite(self.rescale_factor) or self.rescale_factor <= 0:
+            raise PreprocessError(f"rescale_factor must be a positive number, got {self.rescale_factor!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from medvit_edge.errors import printable
+
 
 class Progress:
     """Redraws one line on a terminal; elsewhere (logs, CI) prints at most every 10%."""
@@ -34,7 +36,8 @@ class Progress:
         filled = width * self.done // max(self.total, 1)
         bar = "#" * filled + "." * (width - filled)
         rate = self.done / elapsed
-        line = f"[{bar}] {self.done}/{self.total} {self.unit} {rate:.1f}/s {note}"
+        # the note may quote a file name: escaped, so it cannot drive the terminal
+        line = printable(f"[{bar}] {self.done}/{self.total} {self.unit} {rate:.1f}/s {note}")
         prefix = "\r" if self.is_tty else ""
         self.stream.write(f"{prefix}{line[:120]:<80}{end}")
         self.stream.flush()

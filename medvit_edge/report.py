@@ -3,30 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medvit_edge.files import atomic_writer, write_json_atomic
 from medvit_edge.metrics import calibration, softmax
 
+if TYPE_CHECKING:
+    from medvit_edge.evaluate import EvaluationReport, VariantEvaluation
+
 
 def write_report(
-    report: dict[str, Any],
+    report: EvaluationReport,
     all_logits: dict[str, np.ndarray],
     truth: np.ndarray,
     output: Path,
     plots: bool = True,
 ) -> None:
     output.mkdir(parents=True, exist_ok=True)
-    images = _plots(report, all_logits, truth, output) if plots else []
-    report["plots"] = images
-    write_json_atomic(output / "report.json", report)
+    report.plots = _plots(report, all_logits, truth, output) if plots else []
+    write_json_atomic(output / "report.json", report.to_dict())
     with atomic_writer(output / "report.md") as handle:
         handle.write(render_markdown(report))
 
 
-def summary_table(rows: list[dict[str, Any]], labels: list[str]) -> list[str]:
+def summary_table(rows: list[VariantEvaluation], labels: list[str]) -> list[str]:
     """The side-by-side table (markdown), one row per variant."""
     header = (
         ["variant", "status", "size MB", "accuracy (95% CI)", "bal. acc."]
@@ -35,37 +37,37 @@ def summary_table(rows: list[dict[str, Any]], labels: list[str]) -> list[str]:
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        ci = row.get("accuracy_ci")
-        accuracy = f"{row['accuracy']:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
-        recalls = [f"{row['recall'][label]:.3f}" for label in labels]
+        ci = row.accuracy_ci
+        accuracy = f"{row.accuracy:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+        recalls = [f"{row.recall[label]:.3f}" for label in labels]
         cells = [
-            row["variant"],
-            row["status"],
-            f"{row['size_mb']:.2f}",
+            row.variant,
+            row.status,
+            f"{row.size_mb:.2f}",
             accuracy,
-            f"{row['balanced_accuracy']:.3f}",
+            f"{row.balanced_accuracy:.3f}",
             *recalls,
-            f"{row.get('max_abs_logit_diff', 0):.1e}",
-            f"{row.get('top1_agreement', 1):.1%}",
-            f"{row['latency_p50_ms']:.1f}",
-            f"{row['latency_p95_ms']:.1f}",
-            f"{row['throughput_ips']:.1f}",
-            f"{row['memory_mb']:.0f}",
+            f"{row.max_abs_logit_diff:.1e}",
+            f"{row.top1_agreement:.1%}",
+            f"{row.latency_p50_ms:.1f}",
+            f"{row.latency_p95_ms:.1f}",
+            f"{row.throughput_ips:.1f}",
+            f"{row.memory_mb:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    labels, rows = report["labels"], report["variants"]
+def render_markdown(report: EvaluationReport) -> str:
+    labels, rows = report.labels, report.variants
     lines = [
         "# Variant comparison",
         "",
-        f"Model `{report['run_dir']}`, {report['images']} images from `{report['data']}`"
-        + (f" (split `{report['split']}`)" if report.get("split") else "")
-        + f". Machine: {report['machine']}.",
-        f"Parity is measured against `{report['reference']}` on the same preprocessed tensors; "
-        f"latency is batch 1, throughput at batch {rows[0]['throughput_batch']}; memory is the resident "
+        f"Model `{report.run_dir}`, {report.images} images from `{report.data}`"
+        + (f" (split `{report.split}`)" if report.split else "")
+        + f". Machine: {report.machine}.",
+        f"Parity is measured against `{report.reference}` on the same preprocessed tensors; "
+        f"latency is batch 1, throughput at batch {rows[0].throughput_batch}; memory is the resident "
         "memory that loading and running each model added to the process.",
         "",
         *summary_table(rows, labels),
@@ -77,30 +79,30 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for row in rows:
         for label in labels:
-            ci = row["recall_ci"].get(label)
-            auc = row["auc"].get(label)
+            ci = row.recall_ci.get(label)
+            auc = row.auc.get(label)
             auc_text = f"{auc:.3f}" if auc is not None else "n/a"
             interval = f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else ""
             lines.append(
-                f"| {row['variant']} | {label} | {row['recall'][label]:.3f}{interval} "
-                f"| {row['specificity'][label]:.3f} | {auc_text} |"
+                f"| {row.variant} | {label} | {row.recall[label]:.3f}{interval} "
+                f"| {row.specificity[label]:.3f} | {auc_text} |"
             )
     lines += [
         "",
         "Calibration (expected calibration error, 10 bins): "
-        + ", ".join(f"{r['variant']} {r['ece']:.3f}" for r in rows),
+        + ", ".join(f"{r.variant} {r.ece:.3f}" for r in rows),
         "",
     ]
     lines += _flags(report)
     lines += _disagreement_lines(report)
-    if report.get("plots"):
-        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report["plots"]]
+    if report.plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report.plots]
     lines += ["", "Research use only: not for diagnosis."]
     return "\n".join(lines) + "\n"
 
 
-def _flags(report: dict[str, Any]) -> list[str]:
-    flags = report["data_flags"]
+def _flags(report: EvaluationReport) -> list[str]:
+    flags = report.data_flags
     lines = ["## Data notes", ""]
     conflicts = flags["label_conflict_images"]
     lines.append(
@@ -114,13 +116,13 @@ def _flags(report: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append("- the data has no duplicate-group column: near-duplicates were not checked")
-    if report["skipped"]:
-        lines.append(f"- unreadable images skipped: {len(report['skipped'])}")
+    if report.skipped:
+        lines.append(f"- unreadable images skipped: {len(report.skipped)}")
     return [*lines, ""]
 
 
-def _disagreement_lines(report: dict[str, Any]) -> list[str]:
-    found = report["disagreements"]
+def _disagreement_lines(report: EvaluationReport) -> list[str]:
+    found = report.disagreements
     lines = ["## Disagreements with the reference", ""]
     if not found:
         return [*lines, "None: every variant gives the reference's label on every image."]
@@ -139,7 +141,7 @@ def _disagreement_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _plots(
-    report: dict[str, Any], all_logits: dict[str, np.ndarray], truth: np.ndarray, output: Path
+    report: EvaluationReport, all_logits: dict[str, np.ndarray], truth: np.ndarray, output: Path
 ) -> list[str]:
     try:
         import matplotlib
@@ -150,17 +152,17 @@ def _plots(
         return []
     written = [
         _confusion_grid(plt, report, output),
-        _reliability(plt, report, all_logits, truth, output),
+        _reliability(plt, all_logits, truth, output),
         _latency_accuracy(plt, report, output),
     ]
     return written
 
 
-def _confusion_grid(plt: Any, report: dict[str, Any], output: Path) -> str:
-    rows, labels = report["variants"], report["labels"]
+def _confusion_grid(plt: Any, report: EvaluationReport, output: Path) -> str:
+    rows, labels = report.variants, report.labels
     fig, axes = plt.subplots(1, len(rows), figsize=(3.3 * len(rows), 3.4), squeeze=False)
     for axis, row in zip(axes[0], rows):
-        counts = np.asarray(row["confusion_matrix"])
+        counts = np.asarray(row.confusion_matrix)
         shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
         for i in range(len(labels)):
@@ -179,7 +181,7 @@ def _confusion_grid(plt: Any, report: dict[str, Any], output: Path) -> str:
             yticks=range(len(labels)),
             xticklabels=labels,
             yticklabels=labels,
-            title=row["variant"],
+            title=row.variant,
             xlabel="predicted",
         )
     axes[0][0].set_ylabel("true")
@@ -189,9 +191,7 @@ def _confusion_grid(plt: Any, report: dict[str, Any], output: Path) -> str:
     return "confusion_matrices.png"
 
 
-def _reliability(
-    plt: Any, report: dict[str, Any], all_logits: dict[str, np.ndarray], truth: np.ndarray, output: Path
-) -> str:
+def _reliability(plt: Any, all_logits: dict[str, np.ndarray], truth: np.ndarray, output: Path) -> str:
     fig, axis = plt.subplots(figsize=(4.6, 4.2))
     axis.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     for name, logits in all_logits.items():
@@ -211,23 +211,23 @@ def _reliability(
     return "reliability.png"
 
 
-def _latency_accuracy(plt: Any, report: dict[str, Any], output: Path) -> str:
+def _latency_accuracy(plt: Any, report: EvaluationReport, output: Path) -> str:
     """One marker per variant, area by file size; a legend instead of labels that would collide."""
-    rows = report["variants"]
-    biggest = max(r["size_mb"] for r in rows) or 1.0
+    rows = report.variants
+    biggest = max(r.size_mb for r in rows) or 1.0
     fig, axis = plt.subplots(figsize=(6.4, 3.8))
     for row in rows:
         axis.scatter(
-            row["latency_p50_ms"],
-            row["accuracy"],
-            s=40 + 260 * row["size_mb"] / biggest,
+            row.latency_p50_ms,
+            row.accuracy,
+            s=40 + 260 * row.size_mb / biggest,
             alpha=0.75,
-            label=f"{row['variant']} ({row['size_mb']:.1f} MB)",
+            label=f"{row.variant} ({row.size_mb:.1f} MB)",
         )
-    accuracies = [r["accuracy"] for r in rows]
+    accuracies = [r.accuracy for r in rows]
     pad = max(0.02, (max(accuracies) - min(accuracies)) * 0.5)
     axis.set_ylim(max(0.0, min(accuracies) - pad), min(1.0, max(accuracies) + pad))
-    axis.set_xlim(0, max(r["latency_p50_ms"] for r in rows) * 1.15)
+    axis.set_xlim(0, max(r.latency_p50_ms for r in rows) * 1.15)
     axis.set(
         xlabel="latency p50, batch 1 (ms)", ylabel="accuracy", title="Latency vs accuracy (area: file size)"
     )

@@ -4,26 +4,35 @@
     pred = clf.predict("scan.png")            # or a PIL image, a numpy array, or a list of them
     pred.label, pred.probabilities["malignant"]
 
+This is the one code path from a model file to probabilities: export's validation, the int8
+guard, ``infer``, ``evaluate`` and the benchmarks all run a variant through ``Classifier``, so
+the numbers they report are the numbers users get.
+
 One instance may be shared by many threads: onnxruntime sessions are thread-safe for ``run``,
 and preprocessing keeps no state.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from PIL import Image
 
-from medvit_edge.files import manifest_entry, sha256_file
+from medvit_edge.errors import ModelLoadError
 from medvit_edge.images import as_rgb_image
+from medvit_edge.manifest import manifest_entry
 from medvit_edge.metadata import MetadataError, ModelMetadata
 from medvit_edge.metrics import softmax
 from medvit_edge.preprocess import preprocess_batch
+from medvit_edge.variants import Device, Variant, variant_named
+
+__all__ = ["Classifier", "Device", "ModelLoadError", "NonFiniteOutputError", "Prediction"]
 
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
 
@@ -31,10 +40,13 @@ INSTALL_HINT = (
     "onnxruntime is not installed. Install one build: "
     "pip install 'medvit-edge[cpu]' (CPU) or pip install 'medvit-edge[gpu]' (NVIDIA GPU)"
 )
+# Images preprocessed and run together: bounds memory for any number of inputs (10,000 frames
+# would otherwise be one 6 GB tensor).
+CHUNK = 16
 
 
-class ModelLoadError(RuntimeError):
-    """A model file cannot be used; the message says which file and why."""
+class NonFiniteOutputError(ValueError):
+    """The model produced NaN or infinite outputs: there is no prediction to report."""
 
 
 def import_onnxruntime() -> Any:
@@ -52,19 +64,22 @@ class Prediction:
     probabilities: dict[str, float]
 
 
+_PROVIDERS: dict[Device, list[str]] = {
+    "auto": ["CUDAExecutionProvider"],
+    "cpu": [],
+    "cuda": ["CUDAExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+}
+assert set(_PROVIDERS) == set(get_args(Device))
+
+
 def choose_providers(device: str = "auto") -> list[str]:
     """``auto``: CUDA when onnxruntime-gpu sees a GPU, else CPU. Also ``cpu``, ``cuda``,
     ``tensorrt`` (TensorRT only on request: it needs TensorRT libraries and a long first build)."""
     available = import_onnxruntime().get_available_providers()
-    wanted = {
-        "auto": ["CUDAExecutionProvider"],
-        "cpu": [],
-        "cuda": ["CUDAExecutionProvider"],
-        "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
-    }
-    if device not in wanted:
-        raise ValueError(f"unknown device {device!r}; one of {sorted(wanted)}")
-    chosen = [provider for provider in wanted[device] if provider in available]
+    if device not in _PROVIDERS:
+        raise ValueError(f"unknown device {device!r}; one of {sorted(_PROVIDERS)}")
+    chosen = [provider for provider in _PROVIDERS[device] if provider in available]
     if device in ("cuda", "tensorrt") and not chosen:
         raise ModelLoadError(
             f"device {device!r} requested but onnxruntime offers only {available}; "
@@ -73,67 +88,116 @@ def choose_providers(device: str = "auto") -> list[str]:
     return [*chosen, "CPUExecutionProvider"]
 
 
-def verify_checksum(path: Path, required: bool) -> str | None:
-    """Compare the file with ``manifest.json`` beside it; return the verified sha256."""
+def _identity(stat: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is replaced (inode) or rewritten (size, mtime, and ctime, which no
+    user can set back)."""
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def hash_model_file(path: Path) -> tuple[str, tuple[int, ...]]:
+    """The file's sha256 and its identity, read through one open handle.
+
+    Loading then goes through the path (onnxruntime maps the file: building the session from a
+    bytes copy more than doubled peak memory, 890 vs 384 MB for a 288 MB model), and the path
+    must still be the same, unchanged file afterwards: so a file swapped or rewritten while
+    loading can never pass with the good file's checksum."""
+    if not path.exists():
+        raise ModelLoadError(f"{path}: model file not found")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: not a regular file")
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            before = _identity(os.fstat(handle.fileno()))
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+            after = _identity(os.fstat(handle.fileno()))
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read the model file ({exc.strerror or exc})") from exc
+    if before != after:
+        raise ModelLoadError(f"{path}: the file changed while it was being read; refusing it")
+    return digest.hexdigest(), before
+
+
+def _check_unchanged(path: Path, identity: tuple[int, ...]) -> None:
+    try:
+        unchanged = _identity(os.stat(path)) == identity
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        raise ModelLoadError(f"{path}: the file changed while it was being loaded; refusing it")
+
+
+def verify_checksum(path: Path, actual: str, required: bool) -> str | None:
+    """Compare ``actual`` with ``manifest.json`` beside the file; return it when verified."""
     entry = manifest_entry(path)
     if entry is None:
         if required:
             raise ModelLoadError(f"{path}: --verify needs a manifest.json beside it listing this file")
         return None
-    actual = sha256_file(path)
-    if actual != entry.get("sha256"):
+    if actual != entry.sha256:
         raise ModelLoadError(
             f"{path}: checksum mismatch with manifest.json (file is modified, truncated or "
-            f"replaced): expected {entry.get('sha256')}, found {actual}. Refusing to load it."
+            f"replaced): expected {entry.sha256}, found {actual}. Refusing to load it."
         )
     return actual
+
+
+def _session_options(ort: Any, threads: int | None, spin: bool) -> Any:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return options
+
+
+def _create_session(ort: Any, path: Path, options: Any, providers: list[str]) -> Any:
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises several unrelated exception types
+        raise ModelLoadError(f"{path}: onnxruntime cannot load it: {exc}") from exc
 
 
 class Classifier:
     """An exported medvit-edge ONNX model, ready to classify images."""
 
-    def __init__(self, session: Any, metadata: ModelMetadata, path: Path, sha256: str | None):
+    def __init__(self, session: Any, metadata: ModelMetadata, path: Path, sha256: str):
         self.session = session
         self.metadata = metadata
         self.path = path
-        self.sha256 = sha256
+        self.sha256 = sha256  # of the file loaded (verified against the manifest when one exists)
         self.labels = list(metadata.labels)
         self.spec = metadata.preprocess
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
-        # Dynamic int8 picks activation ranges from the whole batch, so an image's result would
-        # depend on its batch-mates. One image per call keeps every result reproducible.
-        self.one_image_per_run = metadata.quantization.get("mode") == "dynamic"
+        row: Variant | None = variant_named(metadata.variant)
+        dynamic = metadata.quantization.get("mode") == "dynamic"
+        self.one_image_per_run = (row is not None and not row.batch_independent) or dynamic
 
     @classmethod
     def load(
         cls,
         path: str | os.PathLike[str],
         *,
-        device: str = "auto",
+        device: Device = "auto",
         threads: int | None = None,
         verify: bool | None = None,
         spin: bool = True,
     ) -> Classifier:
-        """Load a model; ``verify=None`` checks a manifest if present, ``True`` requires one.
+        """Load a model; ``verify=None`` checks a manifest if present, ``True`` requires one,
+        ``False`` skips the check.
 
         ``spin=False`` stops onnxruntime's worker threads from busy-waiting between calls: a little
         more latency, no idle CPU burnt (for scanner software that shares the machine, and for
         benchmarks that run several sessions in turn)."""
         ort = import_onnxruntime()
         path = Path(path)
-        if not path.is_file():
-            raise ModelLoadError(f"{path}: model file not found")
-        sha256 = verify_checksum(path, required=bool(verify)) if verify is not False else None
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        try:
-            session = ort.InferenceSession(str(path), options, providers=choose_providers(device))
-        except Exception as exc:  # onnxruntime raises several unrelated exception types
-            raise ModelLoadError(f"{path}: onnxruntime cannot load it: {exc}") from exc
+        sha256, identity = hash_model_file(path)
+        if verify is not False:
+            verify_checksum(path, sha256, required=bool(verify))
+        session = _create_session(ort, path, _session_options(ort, threads, spin), choose_providers(device))
+        _check_unchanged(path, identity)
         props = session.get_modelmeta().custom_metadata_map
         try:
             metadata = ModelMetadata.from_props(props, source=str(path))
@@ -147,23 +211,34 @@ class Classifier:
         return self.metadata.variant
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed (N, 3, size, size) float32 -> logits (N, classes)."""
-        if self.one_image_per_run and len(batch) > 1:
-            return np.concatenate([self.run(batch[i : i + 1]) for i in range(len(batch))])
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        """Preprocessed (N, 3, size, size) float32 -> logits (N, classes), any N."""
+        if len(batch) == 0:
+            return np.empty((0, len(self.labels)), np.float32)
+        step = 1 if self.one_image_per_run else CHUNK
+        outputs = [
+            self.session.run([self.output_name], {self.input_name: batch[start : start + step]})[0]
+            for start in range(0, len(batch), step)
+        ]
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def predict_proba(self, images: Sequence[ImageInput]) -> np.ndarray:
-        batch = preprocess_batch([as_rgb_image(image) for image in images], self.spec)
-        return softmax(self.run(batch))
+        """Probabilities (N, classes); inputs are decoded and preprocessed CHUNK at a time."""
+        parts = [np.empty((0, len(self.labels)), np.float32)]
+        for start in range(0, len(images), CHUNK):
+            chunk = [as_rgb_image(image) for image in images[start : start + CHUNK]]
+            parts.append(softmax(self.run(preprocess_batch(chunk, self.spec))))
+        return np.concatenate(parts)
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> Prediction | list[Prediction]:
-        """One input -> one ``Prediction``; a list of inputs -> a list."""
+        """One input -> one ``Prediction``; a list of inputs (maybe empty) -> a list."""
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         predictions = [self.to_prediction(row) for row in self.predict_proba(items)]
         return predictions[0] if single else predictions
 
     def to_prediction(self, probabilities: np.ndarray) -> Prediction:
+        if not np.isfinite(probabilities).all():
+            raise NonFiniteOutputError(f"{self.path}: model output is not finite (NaN or infinity)")
         index = int(np.argmax(probabilities))
         return Prediction(
             label=self.labels[index],
@@ -173,9 +248,15 @@ class Classifier:
 
 
 def _check_signature(session: Any, metadata: ModelMetadata, path: Path) -> None:
+    """The graph must take what the metadata says we will feed it, and give one score per label."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) < 1:
         raise ModelLoadError(f"{path}: expected one image input, found {len(inputs)} inputs")
+    if inputs[0].type != "tensor(float)" or outputs[0].type != "tensor(float)":
+        raise ModelLoadError(
+            f"{path}: input/output types are {inputs[0].type}/{outputs[0].type}; "
+            "a numpy-path model takes and gives float32 tensors"
+        )
     shape = inputs[0].shape
     size = metadata.preprocess.size
     if len(shape) != 4 or any(

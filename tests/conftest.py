@@ -39,31 +39,27 @@ def busi_images(busi_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medvit_edge.phantom import generate_phantom_dataset
+    from medvit_edge.demo.phantom import generate_phantom_dataset
 
     root = tmp_path_factory.mktemp("phantom")
     generate_phantom_dataset(root, train_per_class=30, test_per_class=8, seed=3)
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_busi_run(busi_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny ViT trained for a few steps on the real BUSI train split (CPU, seconds)."""
+def _train_tiny(data: Path, run_dir: Path, max_steps: int) -> Path:
+    """The tiny ViT preset, trained from scratch for a few steps (CPU, seconds)."""
     if not HAS_TORCH:
         pytest.skip("needs the [train] extra")
     from medvit_edge.train import TrainConfig, train
 
-    run_dir = tmp_path_factory.mktemp("busi_run") / "run"
-    cfg = TrainConfig(
+    cfg = TrainConfig.from_recipe(
+        "from-scratch",
         model="tiny",
-        data=str(busi_dir / "split.csv"),
+        data=str(data),
         output=run_dir,
-        epochs=2,
-        max_steps=24,
-        learning_rate=1e-3,
+        epochs=3,
+        max_steps=max_steps,
         train_batch_size=16,
-        eval_batch_size=64,
-        dataloader_workers=0,
         logging_steps=2,
         progress=False,
         seed=1,
@@ -72,19 +68,40 @@ def tiny_busi_run(busi_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return run_dir
 
 
-@pytest.fixture(scope="session")
-def tiny_busi_export(tiny_busi_run: Path) -> Path:
-    """fp32 + fp16 + int8 (dynamic) of the tiny BUSI run, validated on 64 validation images."""
+def _export_all(run_dir: Path, **options: object) -> Path:
+    """fp32 + fp16 + int8 (dynamic), kept even when a variant misses its tolerances."""
     if not HAS_EXPORT:
         pytest.skip("needs the [export] extra")
     from medvit_edge.export import ExportConfig, export
 
-    export(
-        ExportConfig(
-            run_dir=tiny_busi_run, fp16=True, int8="dynamic", allow_degraded=True, max_validation_images=64
-        )
+    export(ExportConfig(run_dir=run_dir, fp16=True, int8=True, allow_degraded=True, **options))
+    return run_dir / "onnx"
+
+
+@pytest.fixture(scope="session")
+def tiny_busi_run(busi_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Trained on the real BUSI train split."""
+    return _train_tiny(busi_dir / "split.csv", tmp_path_factory.mktemp("busi_run") / "run", max_steps=24)
+
+
+@pytest.fixture(scope="session")
+def tiny_busi_export(tiny_busi_run: Path) -> Path:
+    """Every variant of the tiny BUSI run, validated on 64 validation images."""
+    return _export_all(tiny_busi_run, max_validation_images=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Trained on phantom images: needs no shared data."""
+    return _train_tiny(
+        phantom_dir / "split.csv", tmp_path_factory.mktemp("phantom_run") / "run", max_steps=18
     )
-    return tiny_busi_run / "onnx"
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run: Path) -> Path:
+    """Every variant of the phantom run: the model for runtime, infer and evaluate tests."""
+    return _export_all(tiny_run)
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ def test_demo_learns_the_phantoms_and_writes_everything(tmp_path: Path) -> None:
 
     result = demo(DemoConfig(output=tmp_path / "demo", progress=False))
     assert result.infer_accuracy is not None and result.infer_accuracy >= 0.9
-    rows = {row["variant"]: row for row in result.report["variants"]}
+    rows = {row["variant"]: row for row in result.report.to_dict()["variants"]}
     assert set(rows) == {"pytorch-fp32", "fp32", "fp16", "int8-dynamic"}
     assert all(row["accuracy"] >= 0.9 for row in rows.values())
     assert rows["fp32"]["top1_agreement"] == 1.0 and rows["int8-dynamic"]["top1_agreement"] >= 0.98

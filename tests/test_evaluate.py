@@ -1,4 +1,5 @@
-"""`evaluate` on the tiny model and real BUSI images: every column, sklearn-equal metrics, plots."""
+"""`evaluate` on the tiny phantom model: every column, sklearn-equal metrics, plots, and the
+manifest's int8 numbers equal to what evaluate measures through the runtime."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from medvit_edge.evaluate import EvaluateConfig, evaluate
 
 from .conftest import needs_export
 
-pytestmark = [needs_export, pytest.mark.busi]
+pytestmark = [needs_export]
 COLUMNS = [
     "variant",
     "status",
@@ -36,12 +37,11 @@ COLUMNS = [
 
 
 @pytest.fixture(scope="module")
-def report(tiny_busi_export: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+def report(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     output = tmp_path_factory.mktemp("evaluation")
-    run_dir = tiny_busi_export.parent
-    return evaluate(
-        EvaluateConfig(run_dir=run_dir, output=output, latency_runs=5, bootstrap_samples=300)
-    ), output
+    run_dir = tiny_export.parent
+    result = evaluate(EvaluateConfig(run_dir=run_dir, output=output, latency_runs=5, bootstrap_samples=300))
+    return result.to_dict(), output
 
 
 def test_report_has_every_variant_and_column(report: tuple[dict, Path]) -> None:
@@ -49,7 +49,7 @@ def test_report_has_every_variant_and_column(report: tuple[dict, Path]) -> None:
     assert [row["variant"] for row in data["variants"]] == ["pytorch-fp32", "fp32", "fp16", "int8-dynamic"]
     for row in data["variants"]:
         assert set(COLUMNS) <= set(row), set(COLUMNS) - set(row)
-    assert data["images"] == 156 and data["reference"] == "pytorch-fp32"
+    assert data["images"] == 24 and data["reference"] == "pytorch-fp32"  # 8 test phantoms per class
     fp32 = data["variants"][1]
     assert fp32["max_abs_logit_diff"] <= 1e-4 and fp32["top1_agreement"] == 1.0
     saved = json.loads((output / "report.json").read_text())
@@ -83,3 +83,28 @@ def test_plots_are_written(report: tuple[dict, Path]) -> None:
     for name in data["plots"]:
         png = output / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_manifest_int8_numbers_equal_what_evaluate_measures(tiny_run: Path, tmp_path: Path) -> None:
+    """Export validates through the runtime (one image per call for dynamic int8), so the
+    manifest's int8 agreement, accuracy and parity are what `evaluate` measures on the same images."""
+    from medvit_edge.export import ExportConfig, export
+
+    split = tiny_run / "split.csv"
+    onnx_dir = tmp_path / "onnx"
+    exported = export(
+        ExportConfig(
+            run_dir=tiny_run, output=onnx_dir, int8=True, data=split, data_split="test", allow_degraded=True
+        )
+    )
+    record = next(v for v in exported.manifest.variants if v.variant == "int8-dynamic")
+    measured = evaluate(
+        EvaluateConfig(
+            run_dir=tiny_run, onnx_dir=onnx_dir, data=split, split="test", output=tmp_path / "e", plots=False
+        )
+    )
+    row = next(r for r in measured.variants if r.variant == "int8-dynamic")
+    assert record.validation.images == measured.images
+    assert record.validation.accuracy == row.accuracy
+    assert record.validation.top1_agreement == row.top1_agreement
+    assert record.validation.max_abs_logit_diff == pytest.approx(row.max_abs_logit_diff, rel=1e-3, abs=1e-6)

@@ -25,12 +25,19 @@ def test_alpha_is_composited_over_black() -> None:
     assert rgb[0, 0].tolist() == [200, 100, 50] and rgb[0, 1].tolist() == [0, 0, 0]
 
 
+def _ramp(width: int, height: int) -> np.ndarray:
+    """A grey ramp: decoded files must not be one constant colour (those are refused)."""
+    return np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1))
+
+
 def test_transparent_palette_goes_through_alpha(tmp_path: Path) -> None:
     image = Image.new("P", (4, 4), 1)
-    image.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    image.paste(2, (2, 0, 4, 4))  # right half: opaque grey
+    image.putpalette([0, 0, 0, 255, 255, 255, 100, 100, 100] + [0] * 759)
     image.info["transparency"] = 1
     image.save(tmp_path / "p.png", transparency=1)
-    assert np.asarray(load_image(tmp_path / "p.png")).max() == 0  # transparent white -> black
+    rgb = np.asarray(load_image(tmp_path / "p.png"))
+    assert rgb[:, :2].max() == 0 and (rgb[:, 2:] == 100).all()  # transparent white -> black
 
 
 def test_sixteen_bit_grey_uses_the_full_range(tmp_path: Path) -> None:
@@ -48,7 +55,7 @@ def test_float_arrays_are_read_as_unit_or_byte_range() -> None:
 
 
 def test_exif_rotation_is_applied(tmp_path: Path) -> None:
-    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    image = Image.fromarray(_ramp(40, 20)).convert("RGB")
     exif = image.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     image.save(tmp_path / "rotated.jpg", exif=exif)
@@ -56,9 +63,9 @@ def test_exif_rotation_is_applied(tmp_path: Path) -> None:
 
 
 def test_animated_gif_uses_the_first_frame(tmp_path: Path) -> None:
-    frames = [Image.new("L", (8, 8), value) for value in (10, 200)]
+    frames = [Image.fromarray(_ramp(8, 8) // 20 + value) for value in (0, 200)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
-    assert np.asarray(load_image(tmp_path / "anim.gif")).max() <= 12
+    assert np.asarray(load_image(tmp_path / "anim.gif")).max() <= 14
 
 
 @pytest.mark.parametrize("shape", [(0, 5), (5, 5, 2), (2, 2, 2, 2)])
@@ -88,7 +95,7 @@ def test_decompression_bombs_are_refused(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_as_rgb_image_accepts_paths_images_and_arrays(tmp_path: Path) -> None:
     path = tmp_path / "x.bmp"
-    Image.new("RGB", (5, 4), (9, 8, 7)).save(path)
+    Image.fromarray(_ramp(5, 4)).convert("RGB").save(path)
     for item in (path, str(path), Image.open(path), np.asarray(Image.open(path))):
         assert as_rgb_image(item).size == (5, 4)
     with pytest.raises(ImageDecodeError, match="type"):

@@ -19,7 +19,18 @@ from medvit_edge.infer import InferConfig, infer
 from .conftest import needs_export
 from .dicom_files import write_us_dicom
 
-pytestmark = [needs_export, pytest.mark.busi]
+pytestmark = [needs_export]
+
+
+@pytest.fixture(scope="module")
+def images(phantom_dir: Path) -> list[Path]:
+    return sorted((phantom_dir / "test").rglob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def class_root(phantom_dir: Path) -> Path:
+    """One sub-folder per class: benign/, malignant/, normal/."""
+    return phantom_dir / "test"
 
 
 def _bad_inputs(folder: Path, good: Path) -> dict[str, str]:
@@ -43,24 +54,22 @@ def _bad_inputs(folder: Path, good: Path) -> dict[str, str]:
     }
 
 
-def test_folder_with_good_and_bad_images(tiny_busi_export: Path, busi_images: list, tmp_path: Path) -> None:
+def test_folder_with_good_and_bad_images(tiny_export: Path, images: list, tmp_path: Path) -> None:
     folder = tmp_path / "mixed (séance 1)"
     folder.mkdir()
     good = []
-    for i, source in enumerate(busi_images[:6]):
+    for i, source in enumerate(images[:6]):
         target = folder / f"good {i} (ü).png"
         target.write_bytes(source.read_bytes())
         good.append(target)
-    Image.open(busi_images[7]).convert("L").save(folder / "grey.bmp")
-    Image.fromarray(np.asarray(Image.open(busi_images[8]).convert("L")).astype(np.uint16) * 257).save(
+    Image.open(images[7]).convert("L").save(folder / "grey.bmp")
+    Image.fromarray(np.asarray(Image.open(images[8]).convert("L")).astype(np.uint16) * 257).save(
         folder / "deep.tif"
     )
-    expectations = _bad_inputs(folder, busi_images[0])
+    expectations = _bad_inputs(folder, images[0])
     output = tmp_path / "preds.csv"
     summary = infer(
-        InferConfig(
-            model=tiny_busi_export / "model.onnx", inputs=[str(folder)], output=output, progress=False
-        )
+        InferConfig(model=tiny_export / "model.onnx", inputs=[str(folder)], output=output, progress=False)
     )
     with open(output, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -75,18 +84,16 @@ def test_folder_with_good_and_bad_images(tiny_busi_export: Path, busi_images: li
     assert len(rows) == 8 + len(expectations)
 
 
-def test_class_folders_give_accuracy_and_jsonl(
-    tiny_busi_export: Path, busi_dir: Path, tmp_path: Path
-) -> None:
+def test_class_folders_give_accuracy_and_jsonl(tiny_export: Path, class_root: Path, tmp_path: Path) -> None:
     folder = tmp_path / "labelled"
     for label in ("benign", "malignant", "normal"):
         (folder / label).mkdir(parents=True)
-        for source in sorted((busi_dir / label).glob("*.png"))[:4]:
+        for source in sorted((class_root / label).glob("*.png"))[:4]:
             (folder / label / source.name).write_bytes(source.read_bytes())
     output = tmp_path / "preds.jsonl"
     summary = infer(
         InferConfig(
-            model=tiny_busi_export / "model.int8.onnx",
+            model=tiny_export / "model.int8.onnx",
             inputs=[str(folder)],
             output=output,
             progress=False,
@@ -102,28 +109,33 @@ def test_class_folders_give_accuracy_and_jsonl(
     )
 
 
-def test_globs_and_missing_paths(tiny_busi_export: Path, busi_dir: Path, tmp_path: Path) -> None:
+def test_globs_and_missing_paths(tiny_export: Path, class_root: Path, tmp_path: Path) -> None:
     summary = infer(
         InferConfig(
-            model=tiny_busi_export / "model.onnx",
+            model=tiny_export / "model.onnx",
             progress=False,
             inputs=[
-                str(busi_dir / "normal" / "normal (1?).png"),
+                str(class_root / "normal" / "normal_000?.png"),
                 str(tmp_path / "absent.png"),
                 str(tmp_path / "*.nothing"),
             ],
         )
     )
-    assert summary.predictions == 10  # normal (10).png .. normal (19).png
+    assert summary.predictions == 8  # normal_0000.png .. normal_0007.png
     assert summary.failed_files == 2 and any("no such file" in e for e in summary.errors)
 
 
-def test_dicom_inputs(tiny_busi_export: Path, busi_images: list, tmp_path: Path) -> None:
-    """BUSI wrapped as ultrasound DICOM (RGB, YBR_FULL, MONOCHROME2, multi-frame) and pydicom's files."""
+def test_dicom_inputs(tiny_export: Path, images: list, tmp_path: Path) -> None:
+    """Phantom scans wrapped as ultrasound DICOM (RGB, YBR_FULL, MONOCHROME2, multi-frame), and
+    pydicom's own files."""
     pytest.importorskip("pydicom")
     from pydicom.data import get_testdata_file
 
-    frames = [np.asarray(Image.open(p).convert("RGB")) for p in busi_images[:3]]
+    # a cine loop has one frame size: three scans brought to one size, kept as PNG for comparison
+    frames = [np.asarray(Image.open(p).convert("RGB").resize((150, 120))) for p in images[:3]]
+    pngs = [tmp_path / f"frame{k}.png" for k in range(3)]
+    for frame, png_path in zip(frames, pngs):
+        Image.fromarray(frame).save(png_path)
     folder = tmp_path / "dicom"
     folder.mkdir()
     write_us_dicom(folder / "rgb.dcm", frames[:1])
@@ -136,17 +148,13 @@ def test_dicom_inputs(tiny_busi_export: Path, busi_images: list, tmp_path: Path)
     no_pixels.write_bytes(Path(get_testdata_file("rtplan.dcm")).read_bytes())
     jpeg_ls = folder / "jpegls.dcm"
     jpeg_ls.write_bytes(Path(get_testdata_file("JPEGLSNearLossless_16.dcm")).read_bytes())
-    summary = infer(InferConfig(model=tiny_busi_export / "model.onnx", inputs=[str(folder)], progress=False))
+    summary = infer(InferConfig(model=tiny_export / "model.onnx", inputs=[str(folder)], progress=False))
     rows: dict[str, list] = {}
     for row in summary.rows:
         rows.setdefault(Path(row["path"]).name, []).append(row)
     assert [r["frame"] for r in rows["cine.dcm"]] == [0, 1, 2]
     assert len(rows["examples_ybr_color.dcm"]) == 30
-    png = infer(
-        InferConfig(
-            model=tiny_busi_export / "model.onnx", inputs=[str(p) for p in busi_images[:3]], progress=False
-        )
-    )
+    png = infer(InferConfig(model=tiny_export / "model.onnx", inputs=[str(p) for p in pngs], progress=False))
     for k in range(3):
         assert rows["cine.dcm"][k]["label"] == png.rows[k]["label"]
         assert rows["cine.dcm"][k]["benign"] == pytest.approx(png.rows[k]["benign"], abs=1e-6)
@@ -169,33 +177,25 @@ def test_atomic_writer_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [target]
 
 
-def test_killed_run_leaves_old_or_complete_output(
-    tiny_busi_export: Path, busi_dir: Path, tmp_path: Path
-) -> None:
-    """SIGKILL a real `infer` process mid-run: the output is still the old, complete file."""
+def test_killed_run_leaves_old_or_complete_output(tiny_export: Path, images: list, tmp_path: Path) -> None:
+    """SIGKILL a real `infer` process mid-run (once its progress shows it working): the output is
+    still the old, complete file."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for copy in range(8):  # distinct files (a file is read once however often it is named)
+        for source in images:
+            (folder / f"{copy}-{source.name}").write_bytes(source.read_bytes())
     output = tmp_path / "preds.csv"
     output.write_text("previous,results\n")
-    command = [
-        sys.executable,
-        "-m",
-        "medvit_edge.cli",
-        "infer",
-        str(tiny_busi_export / "model.fp16.onnx"),
-        *[str(busi_dir)] * 3,
-        "--output",
-        str(output),
-        "--quiet",
-        "--batch-size",
-        "1",
-    ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
-    )
-    try:
-        process.wait(timeout=2.0)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    command = [sys.executable, "-m", "medvit_edge.cli", "infer", str(tiny_export / "model.fp16.onnx")]
+    command += [str(folder), "--output", str(output), "--batch-size", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:  # the first progress line: 10% of the files done
+        if "files" in line:
+            process.kill()
+            break
+    process.wait()
     assert process.returncode == -9, "the run finished before it could be killed; give it more input"
     assert output.read_text() == "previous,results\n"
 

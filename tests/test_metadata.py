@@ -34,7 +34,7 @@ def test_missing_keys_say_what_is_missing() -> None:
 @pytest.mark.parametrize("labels", ["__import__('os').system('true')", "['a', 'b']", "[]", "[1, 2]", '"abc"'])
 def test_labels_must_be_a_json_list_of_strings(labels: str) -> None:
     props = _metadata().to_props() | {"labels": labels}
-    with pytest.raises(MetadataError, match="labels"):
+    with pytest.raises(MetadataError, match="label"):
         ModelMetadata.from_props(props)
 
 

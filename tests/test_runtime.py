@@ -13,16 +13,22 @@ from medvit_edge.runtime import Classifier, ModelLoadError, choose_providers
 
 from .conftest import needs_export
 
-pytestmark = [needs_export, pytest.mark.busi]
+pytestmark = [needs_export]
 
 
 @pytest.fixture(scope="module")
-def classifier(tiny_busi_export: Path) -> Classifier:
-    return Classifier.load(tiny_busi_export / "model.int8.onnx", device="cpu", threads=2)
+def classifier(tiny_export: Path) -> Classifier:
+    return Classifier.load(tiny_export / "model.int8.onnx", device="cpu", threads=2)
 
 
-def test_predict_accepts_paths_pil_arrays_and_batches(classifier: Classifier, busi_images: list) -> None:
-    path = busi_images[0]
+@pytest.fixture(scope="module")
+def images(phantom_dir: Path) -> list[Path]:
+    """Real files of varied sizes (the phantoms are not square)."""
+    return sorted(phantom_dir.rglob("*.png"))[::3][:40]
+
+
+def test_predict_accepts_paths_pil_arrays_and_batches(classifier: Classifier, images: list) -> None:
+    path = images[0]
     image = Image.open(path)
     expected = classifier.predict(path)
     for item in (
@@ -36,12 +42,12 @@ def test_predict_accepts_paths_pil_arrays_and_batches(classifier: Classifier, bu
     assert classifier.predict(np.asarray(image)).probabilities == pytest.approx(
         expected.probabilities, abs=1e-6
     )
-    batch = classifier.predict(busi_images[:4])
+    batch = classifier.predict(images[:4])
     # exactly equal: a result never depends on its batch-mates (dynamic int8 runs image by image)
     assert isinstance(batch, list) and len(batch) == 4 and batch[0] == expected
 
 
-def test_runtime_equals_onnxruntime_fed_by_torchvision(classifier: Classifier, busi_images: list) -> None:
+def test_runtime_equals_onnxruntime_fed_by_torchvision(classifier: Classifier, images: list) -> None:
     import onnxruntime as ort
 
     from medvit_edge.metrics import softmax
@@ -49,16 +55,16 @@ def test_runtime_equals_onnxruntime_fed_by_torchvision(classifier: Classifier, b
 
     transform = torchvision_transforms(classifier.spec, train=False)
     session = ort.InferenceSession(str(classifier.path), providers=["CPUExecutionProvider"])
-    images = [Image.open(p).convert("RGB") for p in busi_images[::40]]
-    tensors = [transform(i)[None].numpy() for i in images]
+    pictures = [Image.open(p).convert("RGB") for p in images[::4]]
+    tensors = [transform(i)[None].numpy() for i in pictures]
     reference = softmax(np.concatenate([session.run(None, {"pixel_values": t})[0] for t in tensors]))
-    assert np.abs(classifier.predict_proba(images) - reference).max() <= 1e-6
+    assert np.abs(classifier.predict_proba(pictures) - reference).max() <= 1e-6
 
 
-def test_model_without_metadata_is_a_clear_error(tiny_busi_export: Path, tmp_path: Path) -> None:
+def test_model_without_metadata_is_a_clear_error(tiny_export: Path, tmp_path: Path) -> None:
     import onnx
 
-    model = onnx.load(str(tiny_busi_export / "model.onnx"))
+    model = onnx.load(str(tiny_export / "model.onnx"))
     del model.metadata_props[:]
     bare = tmp_path / "bare.onnx"
     onnx.save(model, str(bare))
@@ -66,10 +72,10 @@ def test_model_without_metadata_is_a_clear_error(tiny_busi_export: Path, tmp_pat
         Classifier.load(bare)
 
 
-def test_metadata_that_contradicts_the_graph_is_refused(tiny_busi_export: Path, tmp_path: Path) -> None:
+def test_metadata_that_contradicts_the_graph_is_refused(tiny_export: Path, tmp_path: Path) -> None:
     import onnx
 
-    model = onnx.load(str(tiny_busi_export / "model.onnx"))
+    model = onnx.load(str(tiny_export / "model.onnx"))
     for prop in model.metadata_props:
         if prop.key == "labels":
             prop.value = '["a", "b"]'
@@ -96,9 +102,9 @@ def test_provider_choice() -> None:
         choose_providers("tpu")
 
 
-def test_one_classifier_shared_by_eight_threads(classifier: Classifier, busi_images: list) -> None:
+def test_one_classifier_shared_by_eight_threads(classifier: Classifier, images: list) -> None:
     """8 threads x 200 predictions each equal the sequential results, with no errors."""
-    inputs = [np.asarray(Image.open(p)) for p in busi_images[:25]]
+    inputs = [np.asarray(Image.open(p)) for p in images[:25]]
     sequential = [classifier.predict_proba([x])[0] for x in inputs]
     errors: list[BaseException] = []
     mismatches = []

@@ -7,8 +7,33 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from medvit_edge.errors import UserError
+from medvit_edge.options import validate_literals
+
 COOKBOOK_MODEL = "google/vit-large-patch16-224"
 COOKBOOK_DATA = "emre570/breastcancer-ultrasound-images"
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Attention = Literal["sdpa", "eager"]
+ReportTo = Literal["none", "wandb", "tensorboard"]
+Recipe = Literal["cookbook", "from-scratch"]
+
+# Named recipes: settings that differ from the dataclass defaults (the cookbook's fine-tuning).
+# "from-scratch" is for the offline presets (tiny, small) trained from random init: such a ViT
+# wants a far higher learning rate than fine-tuning, some warm-up, and gentler crops (a crop that
+# misses the lesion teaches the wrong label). The demo, the tests and the CPU benchmark use it.
+RECIPES: dict[str, dict[str, Any]] = {
+    "cookbook": {},
+    "from-scratch": {
+        "learning_rate": 1e-3,
+        "train_batch_size": 32,
+        "eval_batch_size": 64,
+        "crop_scale": (0.5, 1.0),
+        "warmup_ratio": 0.05,
+        "logging_steps": 5,
+        "dataloader_workers": 0,
+    },
+}
 
 
 @dataclass
@@ -33,13 +58,13 @@ class TrainConfig:
     # RandomResizedCrop's area range; the cookbook uses torchvision's default (0.08, 1.0).
     crop_scale: tuple[float, float] = (0.08, 1.0)
     class_weighted_loss: bool = False
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    precision: Precision = "auto"
+    attn_implementation: Attention = "sdpa"
     dataloader_workers: int = 2
     gradient_checkpointing: bool = False
     torch_compile: bool = False
     resume: bool = False
-    report_to: str = "none"  # "wandb", "tensorboard" or "none"
+    report_to: ReportTo = "none"
     push_to_hub: bool = False
     hub_model_id: str | None = None
     warmup_ratio: float = 0.0  # the cookbook uses none; from-scratch presets want some
@@ -48,15 +73,28 @@ class TrainConfig:
     duplicate_hash_distance: int = 45  # 16x16 dHash Hamming distance for near-duplicates
     max_samples_per_split: int | None = None  # cap for quick runs; None uses every image
     progress: bool = True
+    license: str = (
+        "other"  # the trained model's licence, for its model card (base model and data licences apply)
+    )
     extra: dict[str, Any] = field(default_factory=dict)  # passed to TrainingArguments
 
     def __post_init__(self) -> None:
+        validate_literals(self)
         self.output = Path(self.output)
         self.crop_scale = (float(self.crop_scale[0]), float(self.crop_scale[1]))
         if self.train_batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("batch sizes must be >= 1")
+            raise UserError("batch sizes must be >= 1")
         if not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1:
-            raise ValueError("val_fraction and test_fraction must be between 0 and 1")
+            raise UserError("val_fraction and test_fraction must be between 0 and 1")
+        if not self.epochs > 0 or not self.learning_rate > 0:
+            raise UserError("epochs and learning rate must be positive")
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, **overrides: Any) -> TrainConfig:
+        """A named recipe's settings, then ``overrides`` (which win)."""
+        if recipe not in RECIPES:
+            raise UserError(f"unknown recipe {recipe!r}; one of {', '.join(RECIPES)}")
+        return cls(**{**RECIPES[recipe], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -65,17 +103,40 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: Path, **overrides: Any) -> TrainConfig:
-        """Read a JSON or YAML config file; keyword overrides (from the CLI) win."""
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-        known = {f.name for f in fields(cls)}
+        """Read a JSON or YAML config file; keyword overrides (from the CLI) win. A ``recipe`` key
+        starts from that named recipe."""
+        data = _read_settings(path)
+        known = {f.name for f in fields(cls)} | {"recipe"}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
+            raise UserError(f"{path}: unknown training settings {sorted(unknown)}")
         data.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**data)
+        recipe = data.pop("recipe", "cookbook")
+        try:
+            return cls.from_recipe(recipe, **data)
+        except UserError as exc:
+            raise UserError(f"{path}: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{path}: a setting has the wrong type ({exc})") from exc
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the settings file ({exc})") from exc
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML ({exc})") from exc
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of setting: value")
+    return data

@@ -10,8 +10,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medvit_edge.errors import UserError, printable
 from medvit_edge.images import as_rgb_image, load_image
+from medvit_edge.inputs import InputFile, walk_folder
 from medvit_edge.labelled import SPLIT_ALIASES, read_class_folders, read_split_csv
+
+from .hub import ensure_hub_reachable, looks_like_local_path
 
 
 @dataclass(frozen=True)
@@ -36,36 +40,94 @@ class DataBundle:
     labels: list[str]
     source: str
     notes: list[str] = field(default_factory=list)
+    # What data_report.json records besides class counts and notes: near-duplicate findings
+    # and "warnings" (e.g. a class with no images in a split).
     leakage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.leakage.get("warnings", []))
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]
 
 
 def load_samples(data: str) -> tuple[list[Sample], list[str], bool]:
-    """(samples, labels, has_own_split) from a CSV, a class-folder directory or a hub id."""
-    path = Path(data)
-    if path.suffix.lower() == ".csv" and path.is_file():
-        return _from_csv(path)
-    if path.is_dir():
-        if (path / "split.csv").is_file():
-            return _from_csv(path / "split.csv")
-        return _from_folder(path)
-    if path.exists():
-        raise ValueError(f"{data}: expected a class-folder directory or a split CSV")
-    return _from_hub(data)
+    """(samples, labels, has_own_split) from a CSV, a class-folder directory or a hub id.
+
+    Raises ``UserError`` naming the source when it cannot train a classifier: no images, fewer
+    than two classes, an empty label, a path that does not exist, an unreachable hub."""
+    path = Path(data).expanduser()
+    if path.is_dir() and (path / "split.csv").is_file():
+        path = path / "split.csv"
+    if path.is_file() and path.suffix.lower() == ".csv":
+        samples, labels, has_split = _from_csv(path)
+    elif path.is_dir():
+        samples, labels, has_split = _from_folder(path)
+    elif path.exists():
+        raise UserError(f"{printable(data)}: expected a class-folder directory or a split CSV")
+    elif looks_like_local_path(data):
+        # A typo in a path is not a hub dataset id: say so instead of asking the hub.
+        raise UserError(f"{printable(data)}: no such file or folder")
+    else:
+        samples, labels, has_split = _from_hub(data)
+    check_classes(str(path) if path.exists() else data, samples)
+    return samples, labels, has_split
+
+
+def check_classes(source: str, samples: list[Sample]) -> None:
+    """A classifier needs at least two named classes; one class trains a model that predicts it
+    for everything, and an empty label becomes a class called ``""``."""
+    if not samples:
+        raise UserError(f"{printable(source)}: no images found")
+    empty = [s for s in samples if not s.label.strip()]
+    if empty:
+        raise UserError(f"{printable(source)}: empty label for {printable(empty[0].key)}")
+    classes = sorted({s.label for s in samples})
+    if len(classes) < 2:
+        raise UserError(
+            f"{printable(source)}: only one class ({printable(classes[0])!r}); a classifier needs at least 2"
+        )
 
 
 def _from_csv(csv_path: Path) -> tuple[list[Sample], list[str], bool]:
-    images = read_split_csv(csv_path)
+    """Through ``medvit_edge.labelled``, so train reads a CSV exactly as infer and evaluate do."""
+    try:
+        images = read_split_csv(csv_path)
+    except (OSError, ValueError) as exc:
+        raise _as_user_error(csv_path, exc) from None
+    for row, image in enumerate(images, start=2):  # spreadsheet numbering: the header is row 1
+        if not image.label.strip():
+            raise UserError(f"{printable(csv_path)} row {row}: empty label for {printable(image.key)}")
     samples = [Sample(i.key, i.label, i.split, i.path, group=i.group) for i in images]
     return samples, sorted({s.label for s in samples}), any(s.split for s in samples)
 
 
 def _from_folder(root: Path) -> tuple[list[Sample], list[str], bool]:
-    images = read_class_folders(root)
+    no_images = UserError(
+        f"{printable(root)}: no images found (expected one sub-folder per class, or a split CSV)"
+    )
+    try:
+        images = read_class_folders(root)
+    except (OSError, ValueError) as exc:
+        if not _has_images(root):
+            raise no_images from None
+        raise _as_user_error(root, exc) from None
+    if not images:
+        raise no_images
     samples = [Sample(i.key, i.label, "", i.path) for i in images]
     return samples, sorted({s.label for s in samples}), False
+
+
+def _has_images(root: Path) -> bool:
+    """By infer's rule of what counts as an image, the one class folders are read with."""
+    return any(isinstance(item, InputFile) and not item.error for item in walk_folder(root))
+
+
+def _as_user_error(source: Path, exc: Exception) -> UserError:
+    """The reader's message, prefixed with the source when it does not name it already."""
+    message = printable(exc)
+    return UserError(message if str(source) in str(exc) else f"{printable(source)}: {message}")
 
 
 def _from_hub(dataset_id: str) -> tuple[list[Sample], list[str], bool]:
@@ -74,6 +136,7 @@ def _from_hub(dataset_id: str) -> tuple[list[Sample], list[str], bool]:
         import datasets
     except ImportError as exc:
         raise ImportError("hub datasets need: pip install 'medvit-edge[train]'") from exc
+    ensure_hub_reachable(dataset_id, "dataset")  # one quick request, not load_dataset's retries
     loaded = datasets.load_dataset(dataset_id)
     first = next(iter(loaded.values()))
     label_feature = first.features["label"]

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
+from medvit_edge.checkpoint import load_spec
 from medvit_edge.preprocess import PreprocessSpec
-
-PREPROCESS_FILE = "preprocess.json"
 
 # Offline presets. "tiny" is for tests and the demo (seconds on a CPU); "small" (DeiT-Tiny
 # width, 6 blocks, 128 px so 64 tokens) learns real ultrasound from scratch on a CPU in minutes.
@@ -53,6 +50,9 @@ def load_model(name: str, labels: list[str], attn_implementation: str = "sdpa") 
         )
         size = PRESETS[name]["image_size"]
         return ViTForImageClassification(config), PreprocessSpec(size=size, resize_size=size)
+    from .hub import check_model_source
+
+    check_model_source(name)  # one line, at once, for a missing folder or an unreachable hub
     model = AutoModelForImageClassification.from_pretrained(
         name,
         num_labels=len(labels),
@@ -62,28 +62,7 @@ def load_model(name: str, labels: list[str], attn_implementation: str = "sdpa") 
         attn_implementation=attn_implementation,
         use_safetensors=True,  # never unpickle weights
     )
-    return model, resolve_spec(name, AutoImageProcessor)
-
-
-def resolve_spec(name: str, processor_class: Any = None) -> PreprocessSpec:
-    """Our own ``preprocess.json`` if the folder has one, else the checkpoint's image processor."""
-    local = Path(name)
-    if (local / PREPROCESS_FILE).is_file():
-        return PreprocessSpec.from_json((local / PREPROCESS_FILE).read_text(encoding="utf-8"))
-    if processor_class is None:
-        from transformers import AutoImageProcessor as processor_class
-    processor = processor_class.from_pretrained(name)
-    return PreprocessSpec.from_hf_processor_config(processor.to_dict())
-
-
-def save_model(model: Any, spec: PreprocessSpec, folder: Path) -> None:
-    """``save_pretrained`` (safetensors) + an image processor for HF users + our spec."""
-    from transformers import ViTImageProcessor
-
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
-    ViTImageProcessor(**spec.to_hf_processor_config()).save_pretrained(folder)
-    (folder / PREPROCESS_FILE).write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return model, load_spec(name, AutoImageProcessor)
 
 
 def torchvision_transforms(

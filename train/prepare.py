@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -11,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from medvit_edge.errors import UserError, printable
 from medvit_edge.files import atomic_writer
+from medvit_edge.images import ImageDecodeError
 
 from .config import TrainConfig
 from .data import (
@@ -23,12 +26,14 @@ from .data import (
     stratified_group_split,
 )
 
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+
 
 def prepare_data(cfg: TrainConfig) -> DataBundle:
-    samples, labels, has_split = load_samples(cfg.data)
-    if not samples:
-        raise ValueError(f"{cfg.data}: no images found")
-    hashes = _hash_all(samples)
+    samples, labels, has_split = load_samples(cfg.data)  # UserError when it cannot train a classifier
+    samples, hashes, unreadable = _hash_all(samples)
     hashed_groups = [f"h{g}" for g in duplicate_groups(hashes, cfg.duplicate_hash_distance)]
     # A group given by the data (split.csv's dup_group) wins over the one we compute.
     groups = [s.group or hashed for s, hashed in zip(samples, hashed_groups)]
@@ -53,12 +58,43 @@ def prepare_data(cfg: TrainConfig) -> DataBundle:
     leakage = leakage_report(samples, hashed_groups)
     if cfg.max_samples_per_split:
         samples = _cap_per_split(samples, cfg.max_samples_per_split, cfg.seed)
+    leakage["unreadable_images"] = unreadable
+    leakage["warnings"] = [f"skipped an unreadable image: {error}" for error in unreadable]
+    leakage["warnings"] += missing_class_warnings(samples, labels)
+    for warning in leakage["warnings"]:
+        logger.warning("%s", printable(warning))  # on screen too, not only in data_report.json
     return DataBundle(samples, labels, cfg.data, notes, leakage)
 
 
-def _hash_all(samples: list[Sample]) -> np.ndarray:
+def missing_class_warnings(samples: list[Sample], labels: list[str]) -> list[str]:
+    """A class absent from a split: untrainable (train), or unmeasured (validation, test), which a
+    rare class in a small data set silently is."""
+    present = {split: {s.label for s in samples if s.split == split} for split in SPLITS}
+    return [
+        f"class {label!r} has no images in {split}"
+        for split in SPLITS
+        for label in labels
+        if label not in present[split]
+    ]
+
+
+def _hash_all(samples: list[Sample]) -> tuple[list[Sample], np.ndarray, list[str]]:
+    """Near-duplicate hashes of every readable image; an unreadable one is dropped and named
+    (one corrupt file must not cost the whole run), all of them is an error."""
+
+    def hash_one(sample: Sample) -> np.ndarray | str:
+        try:
+            return dhash(sample.image())
+        except ImageDecodeError as exc:
+            return str(exc)
+
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return np.stack(list(pool.map(lambda s: dhash(s.image()), samples)))
+        results = list(pool.map(hash_one, samples))
+    kept = [(s, r) for s, r in zip(samples, results) if not isinstance(r, str)]
+    unreadable = [r for r in results if isinstance(r, str)]
+    if not kept:
+        raise UserError(f"no readable image among the {len(samples)} listed (first: {unreadable[0]})")
+    return [s for s, _ in kept], np.stack([r for _, r in kept]), unreadable
 
 
 def _carve_missing_splits(

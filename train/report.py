@@ -92,6 +92,38 @@ def plot_confusion_matrix(
     plt.close(fig)
 
 
+INTENDED_USE = (
+    "Research on triage of breast-ultrasound images into the classes above. **Research use only: "
+    "not a medical device, not for diagnosis**, not validated for any clinical population."
+)
+CONTRAINDICATIONS = (
+    "Do not use for diagnosis or treatment decisions; on images from other organs, modalities or "
+    "scanners unlike the training data; or without a radiologist's review."
+)
+
+
+def model_card_data(run_dir: Path, cfg: TrainConfig, metrics: dict[str, Any]) -> Any:
+    """The card's YAML header (huggingface_hub's ``ModelCardData``)."""
+    from huggingface_hub import ModelCardData
+
+    from .models import PRESETS
+
+    local_data = Path(cfg.data).exists()
+    return ModelCardData(
+        model_name=run_dir.name,
+        license=cfg.license,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["vit", "medical-imaging", "ultrasound", "medvit-edge"],
+        base_model=None if cfg.model in PRESETS or Path(cfg.model).exists() else cfg.model,
+        datasets=None if local_data else [cfg.data],
+        metrics=["accuracy", "balanced_accuracy", "f1", "recall"],
+        intended_use=INTENDED_USE,
+        contraindications=CONTRAINDICATIONS,
+        test_accuracy=metrics.get("test", {}).get("accuracy"),
+    )
+
+
 def write_model_card(
     run_dir: Path,
     cfg: TrainConfig,
@@ -100,16 +132,18 @@ def write_model_card(
     metrics: dict[str, Any],
     spec: PreprocessSpec,
 ) -> None:
+    from huggingface_hub import ModelCard
+
     lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: image-classification",
-        "tags: [vit, medical-imaging, ultrasound, medvit-edge]",
-        "---",
-        "",
         f"# {run_dir.name}: ViT image classifier",
         "",
         "> **Research use only. Not a medical device; not for diagnosis.**",
+        "",
+        "## Intended use",
+        INTENDED_USE,
+        "",
+        "## Contraindications",
+        CONTRAINDICATIONS,
         "",
         "## Data",
         f"Source: `{cfg.data}`. Labels: {', '.join(bundle.labels)}.",
@@ -143,7 +177,8 @@ def write_model_card(
         "## Results",
     ]
     lines += _results_table(metrics, bundle.labels)
-    (run_dir / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    header = model_card_data(run_dir, cfg, metrics).to_yaml()
+    ModelCard(f"---\n{header}\n---\n\n" + "\n".join(lines) + "\n").save(run_dir / "README.md")
 
 
 def _results_table(metrics: dict[str, Any], labels: list[str]) -> list[str]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +12,17 @@ from typing import Any
 
 import numpy as np
 
+from medvit_edge.checkpoint import save_model
 from medvit_edge.files import write_json_atomic
 from medvit_edge.metrics import classification_metrics, flat_metrics
 
 from .config import TrainConfig
 from .data import DataBundle, Sample
-from .models import load_model, save_model, torchvision_transforms
+from .models import load_model, torchvision_transforms
 from .prepare import class_counts, prepare_data, write_split_csv
 from .report import plot_confusion_matrix, plot_samples, plot_training_curves, write_model_card
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,10 +79,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     warnings.filterwarnings("ignore", message="mtime may not be reliable")
     run_dir = cfg.output
     bundle = prepare_data(cfg)
-    _log(f"data: {cfg.data} -> labels {bundle.labels}; " + "; ".join(bundle.notes))
+    logger.info("data: %s -> labels %s; %s", cfg.data, bundle.labels, "; ".join(bundle.notes))
     counts = class_counts(bundle)
     for split, per_class in counts.items():
-        _log(f"  {split:<10} " + "  ".join(f"{k}={v}" for k, v in per_class.items()))
+        logger.info("  %-10s %s", split, "  ".join(f"{k}={v}" for k, v in per_class.items()))
     model, spec = load_model(cfg.model, bundle.labels, cfg.attn_implementation)
     parameters = sum(p.numel() for p in model.parameters())
     # a checkpoint holds weights + 2 Adam moments: ~12 bytes/param, times kept checkpoints + final
@@ -92,8 +95,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     plot_samples(bundle, run_dir / "samples.png")
     trainer = build_trainer(cfg, bundle, model, spec)
     last_checkpoint = _last_checkpoint(run_dir / "checkpoints") if cfg.resume else None
-    if cfg.resume:
-        _log(f"resuming from {last_checkpoint}" if last_checkpoint else "no checkpoint: starting fresh")
+    if last_checkpoint:
+        logger.info("resuming from %s", last_checkpoint)
+    elif cfg.resume:
+        logger.info("no checkpoint: starting fresh")
     train_output = trainer.train(resume_from_checkpoint=last_checkpoint)
     save_model(trainer.model, spec, run_dir)
     metrics = _final_metrics(trainer, bundle, spec, train_output, parameters)
@@ -113,11 +118,11 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def build_trainer(cfg: TrainConfig, bundle: DataBundle, model: Any, spec: Any) -> Any:
     import torch
-    from transformers import TrainingArguments
+    from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_callback import ProgressCallback as HFProgressCallback
 
-    from .trainer import ProgressCallback, WeightedLossTrainer, precision_flags
+    from .trainer import ProgressCallback, class_weighted_loss, precision_flags
 
     train_set = ImageDataset(
         bundle.split("train"),
@@ -157,14 +162,13 @@ def build_trainer(cfg: TrainConfig, bundle: DataBundle, model: Any, spec: Any) -
         **precision_flags(cfg.precision),
         **cfg.extra,
     )
-    weights = _class_weights(bundle) if cfg.class_weighted_loss else None
-    trainer = WeightedLossTrainer(
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=val_set,
         compute_metrics=make_compute_metrics(bundle.labels),
-        class_weights=weights,
+        compute_loss_func=class_weighted_loss(_class_weights(bundle)) if cfg.class_weighted_loss else None,
         callbacks=[ProgressCallback(cfg.metric_for_best_model, enabled=cfg.progress)],
     )
     trainer.remove_callback(PrinterCallback)
@@ -216,7 +220,7 @@ def _last_checkpoint(folder: Path) -> str | None:
     for checkpoint in sorted(candidates, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
         if _is_complete(checkpoint):
             return str(checkpoint)
-        _log(f"skipping incomplete checkpoint {checkpoint.name} (interrupted while saving)")
+        logger.warning("skipping incomplete checkpoint %s (interrupted while saving)", checkpoint.name)
     return None
 
 
@@ -228,11 +232,3 @@ def _is_complete(checkpoint: Path) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return True
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def load_metrics(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))

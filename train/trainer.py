@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -24,23 +25,17 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-class WeightedLossTrainer(Trainer):
-    """The HF Trainer, with an optional class-weighted cross-entropy."""
+def class_weighted_loss(class_weights: list[float]) -> Callable[..., Any]:
+    """A ``compute_loss_func`` for the Trainer: cross-entropy weighted per class."""
+    weights = torch.tensor(class_weights, dtype=torch.float32)
 
-    def __init__(self, *args: Any, class_weights: list[float] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+    def loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        logits = outputs.logits
+        return torch.nn.functional.cross_entropy(
+            logits, labels, weight=weights.to(logits.device, logits.dtype)
+        )
 
-    def compute_loss(
-        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> Any:
-        if self.class_weights is None:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        weights = self.class_weights.to(outputs.logits.device, outputs.logits.dtype)
-        loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weights)
-        return (loss, outputs) if return_outputs else loss
+    return loss
 
 
 class ProgressCallback(TrainerCallback):

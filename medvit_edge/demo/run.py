@@ -7,13 +7,15 @@ files with a manifest, then a predictions CSV and an evaluation report.
 from __future__ import annotations
 
 import csv
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medvit_edge.files import atomic_writer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,8 +61,8 @@ def demo(cfg: DemoConfig) -> DemoResult:
     # Real data: hold out the test split that training made (or that the data carried).
     test_csv = test_csv or _test_split_csv(run_dir / "split.csv", cfg.output / "test_labels.csv")
     with clock("export"):
-        exported = export(ExportConfig(run_dir=run_dir, fp16=True, int8="dynamic", allow_degraded=True))
-    int8_file = next(v["file"] for v in exported.manifest["variants"] if v["variant"].startswith("int8"))
+        exported = export(ExportConfig(run_dir=run_dir, fp16=True, int8=True, allow_degraded=True))
+    int8_file = next(v.file for v in exported.manifest.variants if v.variant == "int8-dynamic")
     predictions = cfg.output / "predictions.int8.csv"
     with clock("infer"):
         _stage("infer", f"{exported.output / int8_file} on the held-out test images")
@@ -93,7 +95,7 @@ def _prepare_data(cfg: DemoConfig) -> tuple[Path, Path | None]:
     if cfg.data is not None:
         _stage("data", f"using {cfg.data}")
         return cfg.data, None
-    from medvit_edge.phantom import generate_phantom_dataset
+    from medvit_edge.demo.phantom import generate_phantom_dataset
 
     data_dir = cfg.output / "data"
     _stage("data", f"generating phantom ultrasound images in {data_dir}")
@@ -105,20 +107,12 @@ def _train_config(cfg: DemoConfig, data: Path, run_dir: Path) -> Any:
     from medvit_edge.train import TrainConfig
 
     _stage("train", f"{cfg.model} ViT (random init) for {cfg.epochs:g} epochs -> {run_dir}")
-    # A from-scratch tiny ViT wants a far higher learning rate than the fine-tuning recipe,
-    # and gentler crops: a crop that misses the lesion teaches the wrong label.
-    return TrainConfig(
+    return TrainConfig.from_recipe(
+        "from-scratch",
         model=cfg.model,
         data=str(data),
         output=run_dir,
         epochs=cfg.epochs,
-        learning_rate=1e-3,
-        train_batch_size=32,
-        eval_batch_size=64,
-        crop_scale=(0.5, 1.0),
-        warmup_ratio=0.05,
-        logging_steps=5,
-        dataloader_workers=0,
         seed=cfg.seed,
         progress=cfg.progress,
     )
@@ -145,7 +139,7 @@ def _paths_from_csv(labels_csv: Path) -> list[str]:
 
 
 def _stage(name: str, message: str) -> None:
-    print(f"\n== {name}: {message}", file=sys.stderr, flush=True)
+    logger.info("\n== %s: %s", name, message)
 
 
 class _Clock:
