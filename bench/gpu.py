@@ -5,12 +5,17 @@
 2. ViT-L/16 inference, batch 1 latency and batch 32 throughput: PyTorch fp32, bf16 + SDPA, and
    onnxruntime-gpu (CUDA fp32 and fp16; TensorRT fp16 when that provider is there). The lent
    machines carry onnxruntime's CPU build only; without onnxruntime-gpu the ONNX rows say so.
+3. When the machine has several GPUs: DDP training through torchrun (``bench.ddp_train``), 1
+   process and then one per GPU, the same script: samples/s and the scaling efficiency
+   (N-GPU samples/s / (N × 1-GPU samples/s)).
 
     python -m bench.gpu            # writes bench/results/gpu.json and BENCHMARKS.md sections
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -106,16 +111,51 @@ def onnxruntime_inference(folder: Path) -> dict[str, Any]:
     return results
 
 
+def ddp_scaling(gpus: int, steps: int = 30) -> dict[str, Any]:
+    """ViT-L bf16 + SDPA, 32 per GPU: torchrun with 1 process, then with ``gpus``."""
+    runs = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for processes in (1, gpus):
+            result = Path(scratch) / f"ddp{processes}.json"
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+            command += ["--nproc_per_node", str(processes), "-m", "bench.ddp_train", str(result)]
+            subprocess.run([*command, "--steps", str(steps)], check=True, cwd=Path(__file__).parents[1])
+            runs[processes] = json.loads(result.read_text())
+    one, many = runs[1]["samples_per_second"], runs[gpus]["samples_per_second"]
+    return {"gpus": gpus, "runs": runs, "efficiency": many / (gpus * one)}
+
+
+def write_ddp_section(data: dict[str, Any], machine_line: str) -> None:
+    runs, gpus = data["runs"], data["gpus"]
+    rows = "\n".join(
+        f"| {n} | {runs[n]['per_device_batch'] * n} | {runs[n]['samples_per_second']:.1f} | "
+        f"{runs[n]['samples_per_second'] / (n * runs[1]['samples_per_second']):.0%} |"
+        for n in (1, gpus)
+    )
+    update_section(
+        "Training: ViT-L/16 on several GPUs (DDP)",
+        f"Machine: {machine_line}. Command: `python -m bench.gpu` (`torchrun --standalone "
+        f"--nproc_per_node N -m bench.ddp_train`, bf16 + SDPA, 32 per GPU, {runs[1]['steps']} steps "
+        "after a warm-up run).\n\n| GPUs | global batch | train samples/s | scaling efficiency |\n"
+        f"|---|---|---|---|\n{rows}",
+    )
+
+
 def main() -> None:
     started = time.perf_counter()
     training = gpu_benchmark(steps=30)
     inference = pytorch_inference()
     with tempfile.TemporaryDirectory() as scratch:
         inference.update(onnxruntime_inference(Path(scratch)))
+    import torch
+
+    gpus = torch.cuda.device_count()
+    ddp = ddp_scaling(gpus) if gpus > 1 else {"skipped": f"{gpus} GPU on this machine"}
     data = {
         "machine": machine(),
         "training": training,
         "inference": inference,
+        "ddp": ddp,
         "wall_s": time.perf_counter() - started,
     }
     save_json("gpu", data)
@@ -137,6 +177,8 @@ def main() -> None:
         f"Machine: {data['machine']}. Command: `python -m bench.gpu` "
         f"(whole run {data['wall_s']:.0f} s).\n\n" + "\n".join(lines),
     )
+    if "runs" in ddp:
+        write_ddp_section(ddp, data["machine"])
     print(f"done in {data['wall_s']:.0f} s", file=sys.stderr)
 
 

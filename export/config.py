@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from medvit_edge.errors import UserError
+from medvit_edge.int8_target import TARGETS, Int8Target, detect_target
 from medvit_edge.options import validate_literals
-from medvit_edge.system import cpu_flags
 from medvit_edge.variants import VARIANTS, Tolerance
 
 Int8Mode = Literal["dynamic", "static"]
-Int8Target = Literal["avx2", "avx512_vnni", "arm64"]
-TargetChoice = Literal["auto", "avx2", "avx512_vnni", "arm64"]
+# portable (the default): 7-bit weights, right on every CPU; auto: the CPU that exports, which is
+# not necessarily the one that deploys (medvit_edge/int8_target.py)
+TargetChoice = Literal["portable", "auto", "avx2", "avx512_vnni", "arm64"]
 CalibrationMethod = Literal["minmax", "percentile", "entropy"]
+RAW_INPUT_MIN_OPSET = 18  # Resize's antialias attribute
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,10 @@ class Int8Config:
     """How weights are quantized for one CPU target (like Optimum's ``AutoQuantizationConfig``).
 
     Activations are uint8 (computed at run time for dynamic int8), weights int8 per output
-    channel. On AVX2 without VNNI, the u8 x s8 multiply (``vpmaddubsw``) adds pairs into int16 and
+    channel. On x86 without VNNI, the u8 x s8 multiply (``vpmaddubsw``) adds pairs into int16 and
     can saturate (255*127*2 > 32767): 7-bit weights (``reduce_range``) keep every pair sum in
-    range. VNNI and ARM dot products accumulate in int32.
+    range, so ``portable`` (and ``avx2``) files are right on every CPU. VNNI and ARM dot products
+    accumulate in int32: ``avx512_vnni`` and ``arm64`` keep all 8 bits.
     """
 
     target: Int8Target
@@ -37,26 +39,18 @@ class Int8Config:
     def for_target(cls, target: str) -> Int8Config:
         if target == "auto":
             target = detect_target()
-        if target == "avx2":
-            return cls("avx2", reduce_range=True)
-        if target in ("avx512_vnni", "arm64"):
-            return cls(target)  # type: ignore[arg-type]
-        raise UserError(f"unknown int8 target {target!r}; one of auto, avx2, avx512_vnni, arm64")
+        if target not in TARGETS:
+            raise UserError(f"unknown int8 target {target!r}; one of {', '.join(get_args(TargetChoice))}")
+        return cls(target, reduce_range=TARGETS[target].weight_bits == 7)  # type: ignore[arg-type]
 
     @property
     def weight_bits(self) -> int:
         return 7 if self.reduce_range else 8
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def detect_target() -> Int8Target:
-    """The int8 target for this machine, read from the CPU flags."""
-    if platform.machine().lower() in ("arm64", "aarch64"):
-        return "arm64"
-    flags = cpu_flags()
-    return "avx512_vnni" if ("avx512_vnni" in flags or "avx_vnni" in flags) else "avx2"
+        """What the file's ``quantization`` metadata records (the runtime compares ``target`` and
+        ``weight_bits`` with the CPU it runs on)."""
+        return {**asdict(self), "weight_bits": self.weight_bits}
 
 
 def default_tolerances() -> dict[str, Tolerance]:
@@ -72,7 +66,7 @@ class ExportConfig:
     fp16: bool = False
     int8: bool = False
     int8_mode: Int8Mode = "dynamic"
-    target: TargetChoice = "auto"  # the CPU the int8 file is tuned for; auto: this CPU
+    target: TargetChoice = "portable"  # the CPUs the int8 file must be exact on; auto: this CPU
     calibration_method: CalibrationMethod = "minmax"
     calibration_data: Path | None = None  # default: the run's training images
     calibration_size: int = 64
@@ -86,8 +80,14 @@ class ExportConfig:
     # onnxruntime 1.32 they measured slower than its own online fusions (bench/speed.py).
     optimize: bool = False
     opset: int | None = None
+    # a raw-input twin of every variant (model.raw.onnx ...): uint8 RGB in, preprocessing in the graph
+    raw_input: bool = False
     batch_size: int = 16  # PyTorch reference batch
     tolerances: dict[str, Tolerance] = field(default_factory=default_tolerances)
+    # validation images copied into onnx/golden/ with every variant's expected outputs, for
+    # `medvit-edge check` (0: none; they are real, possibly patient, images that get deployed)
+    golden_images: int = 3
+    model_version: int | None = None  # default: the model card's model_version, else 1 (export/card.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.int8, str):  # the old spelling int8="dynamic" / "static"
@@ -99,6 +99,13 @@ class ExportConfig:
             raise UserError("calibration_size and batch_size must be at least 1")
         if self.max_validation_images is not None and self.max_validation_images < 1:
             raise UserError("max_validation_images must be at least 1")
+        if self.golden_images < 0 or (self.model_version is not None and self.model_version < 1):
+            raise UserError("golden_images must be 0 or more and model_version at least 1")
+        if self.raw_input and self.opset is not None and self.opset < RAW_INPUT_MIN_OPSET:
+            raise UserError(
+                f"--raw-input needs opset {RAW_INPUT_MIN_OPSET} or later (Resize with antialias), "
+                f"got --opset {self.opset}"
+            )
         self.tolerances = {**default_tolerances(), **self.tolerances}
 
     @property
@@ -108,4 +115,5 @@ class ExportConfig:
     def requested_variants(self) -> list[str]:
         """Rows of the variants table to build, in order (fp32 always: the others derive from it)."""
         names = ["fp32"] + (["fp16"] if self.fp16 else [])
-        return names + ([f"int8-{self.int8_mode}"] if self.int8 else [])
+        names += [f"int8-{self.int8_mode}"] if self.int8 else []
+        return names + ([f"{name}-raw" for name in names] if self.raw_input else [])

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medvit_edge.images import load_image
 from medvit_edge.manifest import GuardAttempt, GuardReport, VariantRecord
 from medvit_edge.preprocess import preprocess_batch
+from medvit_edge.reader import read_labelled_image
 from medvit_edge.runtime import Classifier
 from medvit_edge.timing import measure_latency
 from medvit_edge.variants import Variant
@@ -86,7 +86,8 @@ def calibration_pixels(exporter: Exporter) -> np.ndarray:
     images = choose_images(cfg, "train", cfg.calibration_data, None)
     rng = np.random.default_rng(0)
     picks = rng.choice(len(images), min(cfg.calibration_size, len(images)), replace=False)
-    return preprocess_batch([load_image(images[i].path) for i in sorted(picks)], exporter.spec)
+    decoded = [read_labelled_image(images[i].path, images[i].frame) for i in sorted(picks)]
+    return preprocess_batch(decoded, exporter.spec)
 
 
 def _latency_ms(path: Path, pixels: np.ndarray, runs: int = 10) -> float:

@@ -7,6 +7,7 @@ Every file is stamped with its metadata and then validated through the runtime's
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import shutil
 import tempfile
@@ -27,8 +28,11 @@ from medvit_edge.metadata import ModelMetadata
 from medvit_edge.runtime import Classifier
 from medvit_edge.variants import VARIANTS, Variant
 
+from .card import read_governance, write_folder_card
 from .config import ExportConfig
+from .golden import write_golden
 from .int8 import guarded_int8
+from .raw import add_raw_input, check_spec
 from .validate import compare, load_validation_set, torch_logits
 from .variants import fix_input_shape, hf_to_onnx, onnx_to_fp16, optimize_onnx, write_metadata
 
@@ -57,8 +61,9 @@ def export(cfg: ExportConfig) -> ExportResult:
     with tempfile.TemporaryDirectory() as scratch:
         exporter.scratch = Path(scratch)
         records = [exporter.build(VARIANTS[name]) for name in cfg.requested_variants()]
-    manifest = exporter.manifest(records)
+    manifest = write_golden(exporter, exporter.manifest(records))  # + onnx/golden/ for `check`
     manifest.write(cfg.output)
+    write_folder_card(cfg.output, manifest, exporter.governance)
     result = ExportResult(cfg.output, manifest)
     if result.failed and not cfg.allow_degraded:
         raise ExportValidationError(
@@ -82,6 +87,8 @@ class Exporter:
         model = AutoModelForImageClassification.from_pretrained(cfg.run_dir, use_safetensors=True).eval()
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         self.spec = load_spec(cfg.run_dir)
+        if cfg.raw_input:
+            check_spec(self.spec)  # before any variant is built
         cfg.output.mkdir(parents=True, exist_ok=True)
         self.validation = load_validation_set(cfg, self.spec, self.labels)
         logger.info("validating on %d images from %s", len(self.validation.keys), self.validation.source)
@@ -89,6 +96,7 @@ class Exporter:
         self.source_sha256 = sha256_file(weights[0])
         self.versions = _versions()
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.governance = read_governance(cfg.run_dir, cfg.model_version)
         self.num_heads, self.hidden_size = model.config.num_attention_heads, model.config.hidden_size
         self.fusions: dict[str, int] = {}
         self.scratch = Path(tempfile.gettempdir())
@@ -135,6 +143,28 @@ class Exporter:
     def int8_static(self, variant: Variant) -> VariantRecord:
         return guarded_int8(self, variant)
 
+    def fp32_raw(self, variant: Variant) -> VariantRecord:
+        return self.raw_twin(variant)
+
+    def fp16_raw(self, variant: Variant) -> VariantRecord:
+        return self.raw_twin(variant)
+
+    def int8_dynamic_raw(self, variant: Variant) -> VariantRecord:
+        return self.raw_twin(variant)
+
+    def int8_static_raw(self, variant: Variant) -> VariantRecord:
+        return self.raw_twin(variant)
+
+    def raw_twin(self, variant: Variant) -> VariantRecord:
+        """The base variant's file (as built above) with the preprocessing graph in front and a
+        softmax behind (export/raw.py); validated on the decoded images against PyTorch on the
+        numpy path's tensors, so the in-graph resize's differences count."""
+        started = time.perf_counter()
+        assert variant.base is not None
+        props = add_raw_input(self.path(VARIANTS[variant.base]), self.path(variant), self.spec)
+        quantization = json.loads(props["quantization"]) if "quantization" in props else None
+        return self.finish(variant, started, quantization)
+
     # -- shared by every variant ------------------------------------------------------------------
 
     def finish(
@@ -150,6 +180,8 @@ class Exporter:
             versions=self.versions,
             created=self.created,
             quantization=quantization or {},
+            input=variant.input,
+            **self.governance.metadata_fields(),
         )
         write_metadata(path, metadata)
         seconds = time.perf_counter() - started
@@ -189,6 +221,8 @@ class Exporter:
         """The file's logits on the validation images, as the runtime computes them (one image
         per call for dynamic int8, chunks otherwise)."""
         classifier = Classifier.load(path, device="cpu", verify=False)
+        if classifier.raw_input:
+            return classifier.run_raw(self.validation.frames).astype(np.float32)
         return classifier.run(self.validation.pixels).astype(np.float32)
 
     def manifest(self, records: list[VariantRecord]) -> Manifest:

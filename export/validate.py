@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medvit_edge.errors import UserError
-from medvit_edge.images import ImageDecodeError, load_image
+from medvit_edge.images import ImageDecodeError
 from medvit_edge.labelled import LabelledImage, read_labelled_set
 from medvit_edge.manifest import Validation
-from medvit_edge.metrics import classification_metrics
+from medvit_edge.metrics import classification_metrics, softmax
 from medvit_edge.preprocess import PreprocessSpec, preprocess_batch
+from medvit_edge.reader import read_labelled_image
 from medvit_edge.variants import Tolerance
 
 from .config import ExportConfig
@@ -30,6 +31,8 @@ class ValidationSet:
     keys: list[str]
     label_ids: np.ndarray | None  # None when the images carry no labels
     source: str
+    # the decoded RGB uint8 (H, W, 3) images the pixels came from: what raw-input files take
+    frames: list[np.ndarray] = field(default_factory=list)
 
 
 def choose_images(
@@ -62,7 +65,7 @@ def load_validation_set(cfg: ExportConfig, spec: PreprocessSpec, labels: list[st
     decoded, kept = [], []
     for image in images:
         try:
-            decoded.append(load_image(image.path))
+            decoded.append(read_labelled_image(image.path, image.frame))  # DICOM too
             kept.append(image)
         except ImageDecodeError as exc:
             logger.warning("skipping validation image: %s", exc)
@@ -72,7 +75,8 @@ def load_validation_set(cfg: ExportConfig, spec: PreprocessSpec, labels: list[st
     labelled = all(image.label in index for image in kept)
     label_ids = np.array([index[i.label] for i in kept]) if labelled else None
     source = str(cfg.data or cfg.run_dir / "split.csv")
-    return ValidationSet(preprocess_batch(decoded, spec), [i.key for i in kept], label_ids, source)
+    frames = [np.asarray(image) for image in decoded]
+    return ValidationSet(preprocess_batch(decoded, spec), [i.key for i in kept], label_ids, source, frames)
 
 
 def torch_logits(model: Any, pixels: np.ndarray, batch_size: int) -> np.ndarray:
@@ -98,11 +102,14 @@ def compare(
     ref_top, cand_top = reference.argmax(axis=1), candidate.argmax(axis=1)
     max_diff = float(np.abs(reference - candidate).max()) if np.isfinite(candidate).all() else float("inf")
     agreement = float((ref_top == cand_top).mean())
+    probability_diff = _max_probability_diff(reference, candidate)
     failures = []
     if not np.isfinite(candidate).all():
         failures.append("outputs are not finite (NaN or infinity)")
     elif tolerance.max_abs_logit is not None and max_diff > tolerance.max_abs_logit:
         failures.append(f"max |Δlogit| {max_diff:.2e} > {tolerance.max_abs_logit:.0e}")
+    elif tolerance.max_abs_probability is not None and probability_diff > tolerance.max_abs_probability:
+        failures.append(f"max |Δprobability| {probability_diff:.3f} > {tolerance.max_abs_probability}")
     if agreement < tolerance.min_agreement:
         failures.append(f"top-1 agreement {agreement:.2%} < {tolerance.min_agreement:.0%}")
     accuracy: dict[str, Any] = {}
@@ -116,8 +123,16 @@ def compare(
         disagreements=int((ref_top != cand_top).sum()),
         tolerance=tolerance.to_dict(),
         failures=tuple(failures),
+        max_abs_probability_diff=probability_diff,
         **accuracy,
     )
+
+
+def _max_probability_diff(reference: np.ndarray, candidate: np.ndarray) -> float:
+    if not np.isfinite(candidate).all():
+        return float("inf")
+    with np.errstate(over="ignore"):
+        return float(np.abs(softmax(reference) - softmax(candidate)).max())
 
 
 def _accuracy_checks(

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from medvit_edge.checkpoint import load_spec, save_processor_config
 from medvit_edge.metadata import ModelMetadata
 
 from .config import CalibrationMethod, Int8Config
@@ -22,7 +23,9 @@ FP16_KEEP_FLOAT32 = ["LayerNormalization", "Softmax", "Pow", "ReduceMean", "Sqrt
 
 def hf_to_onnx(model_dir: Path, output_dir: Path, opset: int | None = None) -> Path:
     """fp32 ONNX through Optimum, dynamic batch axis; also writes config.json and
-    preprocessor_config.json so Optimum's ORTModel and transformers' pipeline load the folder."""
+    preprocessor_config.json so Optimum's ORTModel and transformers' pipeline load the folder.
+    The processor config is written from the run's spec (resize + centre crop), not copied:
+    runs saved before it carry a squashing ViTImageProcessor."""
     from optimum.exporters.onnx import main_export
     from transformers.utils import logging as hf_logging
 
@@ -42,6 +45,7 @@ def hf_to_onnx(model_dir: Path, output_dir: Path, opset: int | None = None) -> P
             do_validation=False,  # we validate ourselves, on real images, with tolerances
         )
     hf_logging.set_verbosity(verbosity)
+    save_processor_config(load_spec(model_dir), output_dir)
     return output_dir / "model.onnx"
 
 
@@ -187,5 +191,23 @@ def write_metadata(path: Path, metadata: ModelMetadata) -> None:
     for key, value in metadata.to_props().items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+    # ONNX's own fields, which every onnxruntime API shows (ModelMetadata.Version / Description)
+    if metadata.model_version.isdigit():
+        model.model_version = int(metadata.model_version)
+    model.doc_string = doc_string(metadata)
     onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def doc_string(metadata: ModelMetadata) -> str:
+    """The ONNX ``doc_string``: what the file is and what it is for, in a few lines."""
+    name = metadata.model_name or "ViT image classifier"
+    version = f" v{metadata.model_version}" if metadata.model_version else ""
+    lines = [
+        f"{name}{version} ({metadata.variant}): {', '.join(metadata.labels)}.",
+        metadata.notice,
+        f"Intended use: {metadata.intended_use}" if metadata.intended_use else "",
+        f"Contraindications: {metadata.contraindications}" if metadata.contraindications else "",
+        f"Licence: {metadata.license}" if metadata.license else "",
+    ]
+    return "\n".join(line for line in lines if line)

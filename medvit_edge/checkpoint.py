@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medvit_edge.files import write_json_atomic
 from medvit_edge.preprocess import PreprocessSpec
 
 PREPROCESS_FILE = "preprocess.json"
+PROCESSOR_FILE = "preprocessor_config.json"
 
 
 def load_spec(name: str | Path, processor_class: Any = None) -> PreprocessSpec:
@@ -26,9 +28,16 @@ def load_spec(name: str | Path, processor_class: Any = None) -> PreprocessSpec:
 
 def save_model(model: Any, spec: PreprocessSpec, folder: Path) -> None:
     """``save_pretrained`` (safetensors) + an image processor for HF users + our spec."""
-    from transformers import ViTImageProcessor
-
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
-    ViTImageProcessor(**spec.to_hf_processor_config()).save_pretrained(folder)
+    save_processor_config(spec, folder)
     (folder / PREPROCESS_FILE).write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def save_processor_config(spec: PreprocessSpec, folder: Path) -> Path:
+    """``preprocessor_config.json``: the transformers image processor that does what ``spec`` does
+    (resize + centre crop, ``PreprocessSpec.to_hf_processor_config``), for ``AutoImageProcessor``,
+    Optimum and ``pipeline``. Written as JSON: no transformers import, the class fills defaults."""
+    path = folder / PROCESSOR_FILE
+    write_json_atomic(path, spec.to_hf_processor_config())
+    return path

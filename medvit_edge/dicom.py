@@ -1,5 +1,9 @@
 """DICOM input through the optional ``[dicom]`` extra (pydicom).
 
+``read_dicom`` gives the frames and the header (the dataset up to its pixel data: UIDs, patient
+and study) read once; ``read_dicom_frames`` the frames only; a failure after the header was read
+is a ``DicomDecodeError`` that carries it. Commands read files through ``medvit_edge.reader``.
+
 Each frame of a (multi-frame) ultrasound file becomes one RGB image:
 
 * ``RGB`` stays; ``YBR_FULL``/``YBR_FULL_422`` are converted to RGB by pydicom;
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +66,60 @@ def looks_like_dicom(path: Path) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class DicomImage:
+    """A decoded DICOM file: its frames, and its header (the dataset up to the pixel data: the
+    identifiers and the patient and study modules that a report about it needs)."""
+
+    frames: list[Image.Image]
+    header: Any
+
+
+class DicomDecodeError(ImageDecodeError):
+    """A DICOM file whose header was read but whose pixels could not be used; ``header`` still
+    names the instance (its UIDs), so the failure can be reported against it."""
+
+    def __init__(self, message: str, header: Any = None):
+        super().__init__(message)
+        self.header = header
+
+
 def read_dicom_frames(path: str | os.PathLike[str], check_constant: bool = True) -> list[Image.Image]:
     """All frames of a DICOM file as RGB PIL images, in frame order. ``check_constant=False``
     leaves blank frames to the caller (``infer`` reports each one on its own row)."""
+    return read_dicom(path, check_constant).frames
+
+
+def read_dicom_header(path: str | os.PathLike[str]) -> Any:
+    """The dataset up to (not including) the pixel data; ``ImageDecodeError`` when unreadable."""
+    _require_pydicom(path)
+    return _read(path, header_only=True)[0]
+
+
+def read_dicom(path: str | os.PathLike[str], check_constant: bool = True) -> DicomImage:
+    """The frames (as ``read_dicom_frames``) and the header, read once. A failure after the
+    header was read is a ``DicomDecodeError`` carrying that header."""
+    _require_pydicom(path)
+    header, pixel_tag = _read(path, header_only=True)
     try:
-        from pydicom.pixels import apply_color_lut
+        frames = _decode_frames(path, header, pixel_tag, check_constant)
+    except ImageDecodeError as exc:
+        raise DicomDecodeError(str(exc), header) from exc
+    return DicomImage(frames, header)
+
+
+def _require_pydicom(path: object) -> None:
+    try:
+        import pydicom  # noqa: F401
     except ImportError as exc:
         raise ImageDecodeError(f"{path}: {DICOM_HINT}") from exc
-    header, pixel_tag = _read(path, header_only=True)
+
+
+def _decode_frames(
+    path: object, header: Any, pixel_tag: int | None, check_constant: bool
+) -> list[Image.Image]:
+    from pydicom.pixels import apply_color_lut
+
     if pixel_tag is None:
         raise ImageDecodeError(f"{path}: DICOM file has no pixel data (no PixelData element)")
     decoded_bytes = _check_pixel_budget(header, path)

@@ -1,8 +1,9 @@
 """``medvit-edge evaluate``: every variant side by side on the same labelled images.
 
 All variants see the same numpy-preprocessed tensors and run through ``Classifier`` (the path
-users run); the PyTorch model (when torch is installed) is the reference for parity, else the
-fp32 ONNX file is.
+users run); raw-input files (``export --raw-input``) get the decoded RGB images themselves, so
+their latency and throughput include their in-graph preprocessing. The PyTorch model (when
+torch is installed) is the reference for parity, else the fp32 ONNX file is.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from medvit_edge.errors import UserError
-from medvit_edge.images import ImageDecodeError, load_image
+from medvit_edge.images import ImageDecodeError
 from medvit_edge.labelled import SPLIT_ALIASES, LabelledImage, read_labelled_set
 from medvit_edge.manifest import Manifest, to_json_dict
 from medvit_edge.metrics import auc_one_vs_rest, bootstrap_ci, calibration, classification_metrics, softmax
 from medvit_edge.preprocess import PreprocessSpec, preprocess_batch
+from medvit_edge.reader import read_labelled_image
 from medvit_edge.runtime import Classifier
 from medvit_edge.system import machine_line, rss_mb
 from medvit_edge.timing import measure_latency
@@ -64,8 +66,9 @@ class EvaluatedModel:
     name: str
     status: str
     size_bytes: int
-    logits: Callable[[np.ndarray], np.ndarray]
+    logits: Callable[[Any], np.ndarray]
     load_memory_mb: float = 0.0  # resident memory added by loading it
+    raw: bool = False  # takes RGB uint8 (H, W, 3) images, not preprocessed tensors
 
 
 @dataclass
@@ -122,14 +125,15 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     from medvit_edge.report import write_report
 
     models, labels, spec = load_models(cfg)
-    images, pixels, skipped = _load_images(cfg, spec, labels)
+    images, pixels, skipped, frames = _load_images(cfg, spec, labels, any(m.raw for m in models))
     index = {label: i for i, label in enumerate(labels)}
     truth = np.array([index[i.label] for i in images])
     rows, all_logits = [], {}
     for model in models:
         logger.info("evaluating %s", model.name)
-        all_logits[model.name] = model.logits(pixels).astype(np.float32)
-        rows.append(_row(model, all_logits[model.name], truth, labels, pixels, cfg))
+        inputs = frames if model.raw else pixels
+        all_logits[model.name] = model.logits(inputs).astype(np.float32)
+        rows.append(_row(model, all_logits[model.name], truth, labels, inputs, cfg))
     reference = rows[0].variant
     for row in rows:
         _add_parity(row, all_logits[reference], all_logits[row.variant], reference)
@@ -169,7 +173,9 @@ def load_models(cfg: EvaluateConfig) -> tuple[list[EvaluatedModel], list[str], P
         before = rss_mb()
         classifier = Classifier.load(path, device="cpu", threads=cfg.threads)
         loaded = max(rss_mb() - before, 0.0)
-        models.append(EvaluatedModel(classifier.variant, status, path.stat().st_size, classifier.run, loaded))
+        run = classifier.run_raw if classifier.raw_input else classifier.run
+        size = path.stat().st_size
+        models.append(EvaluatedModel(classifier.variant, status, size, run, loaded, classifier.raw_input))
     labels, spec = classifier.labels, classifier.spec
     torch_model = _pytorch_model(cfg) if cfg.pytorch else None
     if torch_model is not None:
@@ -206,8 +212,10 @@ def _pytorch_model(cfg: EvaluateConfig) -> EvaluatedModel | None:
 
 
 def _load_images(
-    cfg: EvaluateConfig, spec: PreprocessSpec, labels: list[str]
-) -> tuple[list[LabelledImage], np.ndarray, list[str]]:
+    cfg: EvaluateConfig, spec: PreprocessSpec, labels: list[str], raw: bool = False
+) -> tuple[list[LabelledImage], np.ndarray, list[str], list[np.ndarray]]:
+    """The labelled images, preprocessed, with the skipped ones' errors; ``raw``: also the
+    decoded RGB uint8 images (for raw-input files)."""
     source = cfg.data or cfg.run_dir / "split.csv"
     if not source.exists():
         raise UserError(f"{source}: no labelled set (pass --data with a split CSV or class folders)")
@@ -223,13 +231,14 @@ def _load_images(
     decoded, kept, skipped = [], [], []
     for image in images:
         try:
-            decoded.append(load_image(image.path))
+            decoded.append(read_labelled_image(image.path, image.frame))  # DICOM too
             kept.append(image)
         except ImageDecodeError as exc:
             skipped.append(str(exc))
     if not kept:
         raise UserError(f"{source}: no readable labelled images (split {cfg.split!r})")
-    return kept, preprocess_batch(decoded, spec), skipped
+    frames = [np.asarray(image) for image in decoded] if raw else []
+    return kept, preprocess_batch(decoded, spec), skipped, frames
 
 
 def _row(
@@ -237,7 +246,7 @@ def _row(
     logits: np.ndarray,
     truth: np.ndarray,
     labels: list[str],
-    pixels: np.ndarray,
+    pixels: np.ndarray | list[np.ndarray],
     cfg: EvaluateConfig,
 ) -> VariantEvaluation:
     probabilities = softmax(logits)
@@ -275,8 +284,11 @@ def _add_parity(row: VariantEvaluation, reference: np.ndarray, logits: np.ndarra
     row.top1_agreement = float((reference.argmax(1) == logits.argmax(1)).mean())
 
 
-def _throughput(run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, batch: int) -> float:
-    sample = np.resize(pixels, (batch, *pixels.shape[1:]))
+def _throughput(run: Callable[[Any], np.ndarray], pixels: np.ndarray | list[np.ndarray], batch: int) -> float:
+    if isinstance(pixels, list):  # raw-input frames, sizes differ
+        sample: Any = [pixels[i % len(pixels)] for i in range(batch)]
+    else:
+        sample = np.resize(pixels, (batch, *pixels.shape[1:]))
     latency = measure_latency(lambda i: run(sample), runs=3)
     return batch * 1000 / latency.p50_ms
 

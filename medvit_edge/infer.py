@@ -14,49 +14,30 @@ The output is written atomically. If writing it fails at the end (disk full, rea
 is left as it was, no temporary file is left behind, and the CLI prints the predictions on
 stdout instead, so a finished run is never lost silently.
 
-How values are written:
-
-* CSV is opened in spreadsheets, so text cells a spreadsheet would run as a formula are
-  neutralised (OWASP CSV injection): a leading ``'`` was added to cells that start with
-  ``=`` ``+`` ``-`` ``@`` tab or CR; strip one leading ``'`` from such cells to recover the
-  value. This holds for every text column (path, label, variant, model_sha256, error) and for
-  the header, whose class names come from the model's metadata. Probabilities are numbers
-  (never negative), written as is. When the CSV goes to a terminal, control characters are
-  escaped too (``\\x1b``), like everything else printed.
-* JSONL is not a spreadsheet: its values are left raw; non-finite numbers never reach it
-  (``allow_nan=False``), so every line is valid JSON.
-* In both, the bytes of a file name that are not valid UTF-8 are written as ``\\xNN`` escapes
-  (what ``os.fsencode(path).decode("utf-8", "backslashreplace")`` gives); turn each ``\\xNN``
-  back into the byte ``0xNN`` to recover the name (a name that itself contains a backslash, an
-  ``x`` and two hex digits cannot be told apart from such an escape).
+How values are written (CSV that is safe in spreadsheets, valid JSONL, undecodable file-name
+bytes): see ``medvit_edge.output``.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 import tempfile
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from medvit_edge.dicom import looks_like_dicom, read_dicom_frames
+from medvit_edge.audit import AuditLog, ModelIdentity, audit_rows
+from medvit_edge.decoding import decode_file, decoded_in_order
 from medvit_edge.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE, ModelLoadError, UserError, printable
-from medvit_edge.files import atomic_writer
-from medvit_edge.images import DICOM_SUFFIXES, ImageDecodeError, load_image, refuse_constant
 from medvit_edge.inputs import InputFile, collect_inputs
 from medvit_edge.manifest import manifest_entry
 from medvit_edge.metrics import classification_metrics, softmax
 from medvit_edge.options import validate_literals
-from medvit_edge.preprocess import PreprocessSpec, preprocess
+from medvit_edge.output import Writer, format_predictions, write_predictions
 from medvit_edge.progress import Progress
 from medvit_edge.runtime import Classifier
 from medvit_edge.variants import DEPLOY_PREFERENCE, VARIANTS, Device
@@ -69,6 +50,7 @@ __all__ = [
     "InferSummary",
     "OutputWriteError",
     "check_output",
+    "decode_file",
     "format_predictions",
     "infer",
     "read_labels_csv",
@@ -77,8 +59,6 @@ __all__ = [
 ]
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
-# First characters that make a spreadsheet evaluate a cell (OWASP CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 NON_FINITE = "model output is not finite (NaN/inf)"
 
 
@@ -94,6 +74,8 @@ class InferConfig:
     labels_csv: Path | None = None
     decode_workers: int = 2
     progress: bool = True
+    dicom_out: Path | None = None  # a folder: one DICOM SR per classified DICOM input (dicom_out)
+    audit_log: Path | None = None  # append-only JSONL, a line per prediction (medvit_edge.audit)
 
     def __post_init__(self) -> None:
         validate_literals(self)
@@ -111,11 +93,14 @@ class InferSummary:
     errors: list[str] = field(default_factory=list)  # the first error of each failed file
     inputs: list[str] = field(default_factory=list)  # the specs given, to say where nothing was found
     skipped: str = ""  # what the folder walk passed over, e.g. "3 skipped: 2 BUSI mask, 1 hidden"
+    reports: list[Path] = field(default_factory=list)  # DICOM SRs written (--dicom-out)
+    report_failures: int = 0  # DICOM inputs whose SR could not be made (each in errors)
 
     @property
     def exit_code(self) -> int:
         # no input at all is a failure too: a typo in a folder name must not look like success
-        return EXIT_SOME_FAILED if self.failed_files or not self.files else EXIT_OK
+        failed = self.failed_files or self.report_failures or not self.files
+        return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 class OutputWriteError(UserError):
@@ -163,9 +148,9 @@ def check_arguments(cfg: InferConfig) -> None:
         raise UserError(f"decode_workers must be at least 1, got {cfg.decode_workers}")
 
 
-def check_output(output: Path, inputs: list[Path]) -> None:
+def check_output(output: Path, inputs: list[Path], formats: tuple[str, ...] = OUTPUT_FORMATS) -> None:
     """Refuse, before any work, an output that would destroy an input (an image, the labels
-    CSV) or cannot be written."""
+    CSV) or cannot be written. ``formats``: the suffixes the engine writes."""
     try:
         _check_output_kind(output)
         clash = _input_at(output, inputs)
@@ -176,10 +161,10 @@ def check_output(output: Path, inputs: list[Path]) -> None:
             f"--output {output}: this is the input {clash}; writing the predictions there "
             "would destroy it. Choose another output file."
         )
-    if output.suffix.lower() not in OUTPUT_FORMATS:
+    if output.suffix.lower() not in formats:
         raise UserError(
             f"--output {output}: unknown output format {output.suffix or '(no extension)'}; "
-            f"use one of: {', '.join(OUTPUT_FORMATS)}"
+            f"use one of: {', '.join(formats)}"
         )
     _probe_folder(output)
 
@@ -261,64 +246,6 @@ def _truth_records(reader: csv.DictReader[str], path: Path) -> dict[str, str]:
     return truth
 
 
-# (frame index, preprocessed tensor or that frame's error)
-Frames = list[tuple[int, np.ndarray | str]]
-
-
-def decode_file(path: Path, spec: PreprocessSpec) -> Frames:
-    """One file -> its preprocessed frames (a single image is frame 0). A blank frame of a
-    multi-frame file is that frame's error (a cine loop keeps its other frames); a blank
-    single-frame file is an ``ImageDecodeError``."""
-    if path.exists() and not path.is_file():
-        # a FIFO or device named like an image would block the run forever on open()
-        raise ImageDecodeError(f"{path}: not a regular file")
-    if path.suffix.lower() in DICOM_SUFFIXES or looks_like_dicom(path):
-        frames = read_dicom_frames(path, check_constant=False)
-        if len(frames) == 1:
-            refuse_constant(frames[0], str(path))
-    else:
-        frames = [load_image(path)]
-    return [(index, _frame_tensor(path, index, frame, spec)) for index, frame in enumerate(frames)]
-
-
-def _frame_tensor(path: Path, index: int, frame: Image.Image, spec: PreprocessSpec) -> np.ndarray | str:
-    try:
-        refuse_constant(frame, f"{path}: frame {index}")
-    except ImageDecodeError as exc:
-        return str(exc)
-    return preprocess(frame, spec)
-
-
-def _decode_safely(item: InputFile, spec: PreprocessSpec) -> Frames | str:
-    if item.error:
-        return item.error
-    try:
-        return decode_file(item.path, spec)
-    except ImageDecodeError as exc:
-        return str(exc)
-    except Exception as exc:  # a decoder bug must cost one row, never the whole run
-        return f"{item.path}: unexpected {type(exc).__name__}: {exc}"
-
-
-def _decoded_in_order(
-    items: list[InputFile], spec: PreprocessSpec, workers: int, window: int
-) -> Iterator[tuple[InputFile, Frames | str]]:
-    """Decode ahead in threads, at most ``window`` files in flight, yielding in input order."""
-    with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="decode") as pool:
-        pending: deque[tuple[InputFile, Future[Any]]] = deque()
-        upcoming = iter(items)
-        for item in upcoming:
-            pending.append((item, pool.submit(_decode_safely, item, spec)))
-            if len(pending) >= window:
-                break
-        while pending:
-            item, future = pending.popleft()
-            next_item = next(upcoming, None)
-            if next_item is not None:
-                pending.append((next_item, pool.submit(_decode_safely, next_item, spec)))
-            yield item, future.result()
-
-
 class _Batcher:
     """Gathers frames into model batches and emits rows in input order.
 
@@ -331,18 +258,26 @@ class _Batcher:
         self.rows: list[dict[str, Any]] = []
         self.failed: dict[int, str] = {}
         self.batch = np.empty((batch_size, 3, classifier.spec.size, classifier.spec.size), np.float32)
+        # a raw-input model takes the decoded frames themselves (their sizes differ)
+        self.raw_frames: list[np.ndarray] | None = [] if classifier.raw_input else None
         self.filled = 0
 
     def add(self, file_index: int, row: dict[str, Any], tensor: np.ndarray | None) -> None:
         if tensor is not None:
-            self.batch[self.filled] = tensor
+            if self.raw_frames is not None:
+                self.raw_frames.append(tensor)
+            else:
+                self.batch[self.filled] = tensor
             self.filled += 1
         self.pending.append((file_index, row, tensor))
         if self.filled == self.batch_size:
             self.flush()
 
     def flush(self) -> None:
-        if self.filled:
+        if self.filled and self.raw_frames is not None:
+            logits = self.classifier.run_raw(self.raw_frames)
+            self.raw_frames = []
+        elif self.filled:
             logits = self.classifier.run(self.batch[: self.filled])
         else:  # only error rows are pending
             logits = np.empty((0, len(self.classifier.labels)), np.float32)
@@ -379,23 +314,49 @@ def infer(cfg: InferConfig, classifier: Classifier | None = None) -> InferSummar
         readable = [item.path for item in items if not item.error]
         protected = readable + ([cfg.labels_csv] if cfg.labels_csv else [])
         check_output(cfg.output, protected)
+    if cfg.dicom_out is not None:
+        from medvit_edge.dicom_out import check_report_folder
+
+        check_report_folder(cfg.dicom_out)
     classifier = classifier or _load_classifier(cfg)
-    rows, failed = _classify(items, classifier, cfg)
-    truth = truth_csv if truth_csv is not None else _truth_from_folders(items, classifier.labels)
+    rows, failed = _classify_audited(items, classifier, cfg)
+    truth = truth_csv if truth_csv is not None else truth_from_folders(items, classifier.labels)
     summary = InferSummary(
         rows=rows,
         labels=classifier.labels,
         files=len(items),
         failed_files=len(failed),
         predictions=sum(1 for row in rows if not row["error"]),
-        metrics=_ground_truth_metrics(rows, truth, classifier.labels),
+        metrics=ground_truth_metrics(rows, truth, classifier.labels),
         errors=list(failed.values()),
         inputs=list(cfg.inputs),
         skipped=items.describe_skipped() if items.skipped else "",
     )
     if cfg.output is not None:
-        _write_output(cfg.output, summary)
+        write_output(cfg.output, summary)
+    if cfg.dicom_out is not None:  # one DICOM SR per classified DICOM input; a failure is exit 1
+        from medvit_edge.dicom_out import write_reports
+
+        model = ModelIdentity.of(classifier)
+        summary.reports, errors = write_reports(summary.rows, summary.labels, model, cfg.dicom_out)
+        summary.report_failures, summary.errors = len(errors), summary.errors + errors
     return summary
+
+
+def _classify_audited(
+    items: list[InputFile], classifier: Classifier, cfg: InferConfig
+) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """``classify_files``; with an audit log, every row's line is durable before any result leaves
+    (an ``AuditError``, exit 2, when it cannot be written)."""
+    if cfg.audit_log is None:
+        return classify_files(items, classifier, cfg)
+    clash = _input_at(cfg.audit_log, [item.path for item in items if not item.error])
+    if clash is not None:  # appending to an input would corrupt it
+        raise UserError(f"--audit-log {cfg.audit_log}: this is the input {clash}; choose another file")
+    with AuditLog.open(cfg.audit_log) as audit:
+        rows, failed = classify_files(items, classifier, cfg, digest=True)
+        audit_rows(audit, rows, classifier.labels, ModelIdentity.of(classifier), source="infer")
+    return rows, failed
 
 
 def _load_classifier(cfg: InferConfig) -> Classifier:
@@ -406,23 +367,28 @@ def _load_classifier(cfg: InferConfig) -> Classifier:
     return classifier
 
 
-def _classify(
-    items: list[InputFile], classifier: Classifier, cfg: InferConfig
+def classify_files(
+    items: list[InputFile], classifier: Classifier, cfg: InferConfig, digest: bool = False
 ) -> tuple[list[dict[str, Any]], dict[int, str]]:
-    """Every input through the model: rows in input order, and the failed files' first errors."""
+    """Every input through the model: rows in input order, and the failed files' first errors.
+    Rows carry the DICOM identifiers (empty for other files) and, with ``digest``, the input's
+    sha256 (``input_sha256``, for the audit log; not an output column)."""
     base = {"variant": classifier.variant, "model_sha256": classifier.sha256 or ""}
     batcher = _Batcher(classifier, cfg.batch_size)
     progress = Progress(len(items), unit="files", enabled=cfg.progress)
     window = max(cfg.batch_size * 2, 8)
-    decoded = _decoded_in_order(items, classifier.spec, cfg.decode_workers, window)
+    raw = classifier.raw_input  # decode to the uint8 frames a raw-input model takes
+    decoded = decoded_in_order(items, classifier.spec, cfg.decode_workers, window, digest, raw)
     for index, (item, result) in enumerate(decoded):
         path = str(item.path)
+        known = {**result.ids, "input_sha256": result.sha256}
         if isinstance(result, str):
-            batcher.add(index, {"path": path, "frame": "", "label": "", "error": result, **base}, None)
+            row = {"path": path, "frame": "", "label": "", "error": str(result), **base, **known}
+            batcher.add(index, row, None)
         else:
             for frame, tensor in result:
                 error = tensor if isinstance(tensor, str) else ""
-                row = {"path": path, "frame": frame, "label": "", "error": error, **base}
+                row = {"path": path, "frame": frame, "label": "", "error": error, **base, **known}
                 batcher.add(index, row, None if error else tensor)
         progress.update(note=f"{len(batcher.failed)} failed" if batcher.failed else "")
     batcher.flush()
@@ -430,9 +396,11 @@ def _classify(
     return batcher.rows, batcher.failed
 
 
-def _write_output(path: Path, summary: InferSummary) -> None:
+def write_output(path: Path, summary: InferSummary, writer: Writer | None = None) -> None:
+    """Write the rows (``writer``: CSV/JSONL by default; the Ray engine passes its Parquet one);
+    a failure at the end is an ``OutputWriteError`` that keeps the summary."""
     try:
-        write_predictions(path, summary.rows, summary.labels)
+        (writer or write_predictions)(path, summary.rows, summary.labels)
     except OSError as exc:  # disk full, read-only, removed folder: the run itself is done
         raise OutputWriteError(
             f"{path}: cannot write the predictions ({exc.strerror or exc}); nothing was written "
@@ -442,7 +410,7 @@ def _write_output(path: Path, summary: InferSummary) -> None:
     summary.output = path
 
 
-def _ground_truth_metrics(
+def ground_truth_metrics(
     rows: list[dict[str, Any]], truth: dict[str, str], labels: list[str]
 ) -> dict[str, Any] | None:
     """Accuracy and recall when truth is known: a --labels CSV, or one sub-folder per class."""
@@ -454,7 +422,7 @@ def _ground_truth_metrics(
     return classification_metrics([index[t] for t, _ in pairs], [index[p] for _, p in pairs], labels)
 
 
-def _truth_from_folders(items: list[InputFile], labels: list[str]) -> dict[str, str]:
+def truth_from_folders(items: list[InputFile], labels: list[str]) -> dict[str, str]:
     by_name = {label.lower(): label for label in labels}
     truth = {}
     for item in items:
@@ -464,53 +432,3 @@ def _truth_from_folders(items: list[InputFile], labels: list[str]) -> dict[str, 
         if len(parts) >= 2 and parts[0].lower() in by_name:
             truth[str(item.path)] = by_name[parts[0].lower()]
     return truth
-
-
-def write_predictions(path: Path, rows: list[dict[str, Any]], labels: list[str]) -> None:
-    """CSV (``.csv``) or JSON Lines (``.jsonl``), written atomically."""
-    with atomic_writer(path) as handle:
-        format_predictions(handle, rows, labels, jsonl=path.suffix.lower() == ".jsonl")
-
-
-def format_predictions(
-    handle: TextIO,
-    rows: list[dict[str, Any]],
-    labels: list[str],
-    jsonl: bool = False,
-    terminal: bool = False,
-) -> None:
-    """One row per frame: path, frame, label, a probability column per class, variant, sha256,
-    error. ``terminal``: the CSV goes to a terminal, so control characters are escaped too.
-    The module docstring says how values are escaped and how to undo it."""
-    columns = ["path", "frame", "label", *labels, "variant", "model_sha256", "error"]
-    if jsonl:
-        for row in rows:
-            record = {c: _json_value(row.get(c)) for c in columns}
-            handle.write(json.dumps(record, allow_nan=False) + "\n")  # NaN is not JSON
-        return
-    writer = csv.writer(handle)
-    writer.writerow([_csv_cell(column, terminal) for column in columns])
-    for row in rows:
-        writer.writerow([_csv_cell(row.get(column, ""), terminal) for column in columns])
-
-
-def _csv_cell(value: Any, terminal: bool) -> Any:
-    if isinstance(value, float):
-        return f"{value:.6f}"
-    if not isinstance(value, str):
-        return value
-    text = printable(value) if terminal else _undecodable_escaped(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
-def _json_value(value: Any) -> Any:
-    return _undecodable_escaped(value) if isinstance(value, str) else value
-
-
-def _undecodable_escaped(text: str) -> str:
-    """File-name bytes that are not UTF-8 (lone surrogates after ``os.fsdecode``) as ``\\xNN``,
-    so a strict UTF-8 file can hold every path."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that did not come from a file name
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")

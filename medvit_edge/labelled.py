@@ -30,12 +30,17 @@ class LabelledImage:
     split: str = ""  # train / validation / test, or "" when the source has no split
     group: str = ""  # near-duplicate group, when the source records one
     label_conflict: bool = False
+    # Which frame of a multi-frame file (0-based); None: the rule of medvit_edge.reader (a
+    # single image, or the middle frame of a multi-frame file).
+    frame: int | None = None
 
 
 def read_split_csv(csv_path: Path) -> list[LabelledImage]:
-    """Rows ``path,label[,split][,dup_group][,label_conflict]``; relative paths are relative
-    to the CSV's folder. A UTF-8 byte-order mark (as Excel writes) is allowed; spaces around
-    column names, paths and labels are dropped ("benign " is "benign")."""
+    """Rows ``path,label[,split][,dup_group][,label_conflict][,frame]``; relative paths are
+    relative to the CSV's folder; ``frame`` (0-based, may be empty) picks a frame of a
+    multi-frame DICOM file (``medvit_edge.reader``). A UTF-8 byte-order mark (as Excel writes)
+    is allowed; spaces around column names, paths and labels are dropped ("benign " is
+    "benign")."""
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -50,7 +55,7 @@ def read_split_csv(csv_path: Path) -> list[LabelledImage]:
             f"{csv_path}: needs 'path' and 'label' columns (and optionally 'split'); found: {found}"
         )
     images = []
-    for row in rows:
+    for number, row in enumerate(rows, start=2):  # spreadsheet numbering: the header is row 1
         raw_split = (row.get("split") or "").lower()
         split = SPLIT_ALIASES.get(raw_split, "")
         if raw_split and not split:
@@ -64,9 +69,18 @@ def read_split_csv(csv_path: Path) -> list[LabelledImage]:
                 split=split,
                 group=row.get("dup_group") or "",
                 label_conflict=(row.get("label_conflict") or "").lower() in ("yes", "true", "1"),
+                frame=_frame(row.get("frame") or "", csv_path, number),
             )
         )
     return images
+
+
+def _frame(text: str, csv_path: Path, row: int) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit():
+        raise LabelledSetError(f"{csv_path} row {row}: frame {text!r} is not a frame number (0, 1, 2 ...)")
+    return int(text)
 
 
 def read_class_folders(root: Path) -> list[LabelledImage]:

@@ -38,6 +38,7 @@ class Validation:
     pytorch_accuracy: float | None = None
     recall: dict[str, float] = field(default_factory=dict)
     pytorch_recall: dict[str, float] = field(default_factory=dict)
+    max_abs_probability_diff: float | None = None  # after softmax (recorded since raw-input twins)
 
     json_extras = ("passed",)  # computed, written for readers of the JSON
 
@@ -82,6 +83,18 @@ class VariantRecord:
 
 
 @dataclass(frozen=True)
+class GoldenRecord:
+    """The golden files (``golden/``): real images with every variant's expected probabilities,
+    re-run by ``medvit-edge check`` on a new device (medvit_edge/golden.py)."""
+
+    folder: str
+    index: str  # the JSON file inside ``folder``
+    sha256: str  # of that JSON file, which lists every other golden file's sha256
+    images: int
+    variants: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Manifest:
     source: str
     source_sha256: str
@@ -93,6 +106,7 @@ class Manifest:
     variants: tuple[VariantRecord, ...]
     graph_fusions: dict[str, int] = field(default_factory=dict)
     format: int = 1
+    golden: GoldenRecord | None = None  # absent in manifests written before golden files
 
     def entry(self, file_name: str) -> VariantRecord | None:
         return next((v for v in self.variants if v.file == file_name), None)

@@ -13,13 +13,24 @@ A C++/C# integrator reads the same keys through onnxruntime's ``ModelMetadata``.
 | ``versions``              | JSON object: package and library versions at export          |
 | ``created``               | export time, ISO 8601 UTC                                    |
 | ``quantization``          | JSON object with the int8 settings (int8 variants only)      |
+| ``input``                 | ``pixel-values-nchw`` (float32 N×3×size×size, preprocessed)  |
+|                           | or ``raw-uint8-nhwc`` (uint8 N×H×W×3 RGB, preprocessing in   |
+|                           | the graph); absent means ``pixel-values-nchw``               |
+| ``model_name``            | the model's name (its model card's ``model_name``)           |
+| ``model_version``         | a whole number, also the ONNX ``model_version``              |
+| ``intended_use``          | from the model card                                          |
+| ``contraindications``     | from the model card                                          |
+| ``notice``                | the research-use notice                                      |
+| ``license``               | the weights' licence (model card)                            |
+
+The last six (governance) are plain text; files exported before them lack them (read as "").
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from medvit_edge.preprocess import PreprocessError, PreprocessSpec
 
@@ -27,8 +38,17 @@ FORMAT_KEY = "medvit_edge.format"
 FORMAT_VERSION = "1"
 REQUIRED_KEYS = ("labels", "preprocess", "variant")
 # Columns of every prediction row: a label with one of these names would overwrite it.
-RESERVED_COLUMNS = frozenset({"path", "frame", "label", "error", "variant", "model_sha256", "decision"})
+RESERVED_COLUMNS = frozenset(
+    {"path", "frame", "label", "error", "variant", "model_sha256", "decision"}
+    | {"study_uid", "series_uid", "sop_uid"}  # DICOM identifiers (medvit_edge.reader.UID_COLUMNS)
+)
 MAX_LABEL_LENGTH = 64
+# What the graph's input is: the numpy path's preprocessed tensor, or decoded RGB pixels.
+InputKind = Literal["pixel-values-nchw", "raw-uint8-nhwc"]
+PIXEL_VALUES_INPUT: InputKind = "pixel-values-nchw"
+RAW_INPUT: InputKind = "raw-uint8-nhwc"
+GOVERNANCE_KEYS = ("model_name", "model_version", "intended_use", "contraindications", "notice", "license")
+RESEARCH_NOTICE = "Research use only. Not a medical device; not for diagnosis."
 
 
 class MetadataError(ValueError):
@@ -44,6 +64,14 @@ class ModelMetadata:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     quantization: dict[str, Any] = field(default_factory=dict)
+    input: InputKind = PIXEL_VALUES_INPUT
+    # governance, from the run's model card (export/card.py); plain text, "" when unknown
+    model_name: str = ""
+    model_version: str = ""
+    intended_use: str = ""
+    contraindications: str = ""
+    notice: str = ""
+    license: str = ""
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -54,9 +82,11 @@ class ModelMetadata:
             "source_sha256": self.source_sha256,
             "versions": json.dumps(self.versions, sort_keys=True),
             "created": self.created,
+            "input": self.input,
         }
         if self.quantization:
             props["quantization"] = json.dumps(self.quantization, sort_keys=True)
+        props.update({key: getattr(self, key) for key in GOVERNANCE_KEYS if getattr(self, key)})
         return props
 
     @classmethod
@@ -81,6 +111,8 @@ class ModelMetadata:
             versions=_json_value(props, "versions", dict, source, default={}),
             created=props.get("created", ""),
             quantization=_json_value(props, "quantization", dict, source, default={}),
+            input=_input_kind(props.get("input", PIXEL_VALUES_INPUT), source),
+            **{key: props.get(key, "") for key in GOVERNANCE_KEYS},
         )
 
 
@@ -101,6 +133,13 @@ def check_labels(labels: Any, source: str) -> list[str]:
     if repeated:
         raise MetadataError(f"{source}: labels repeat ({', '.join(repeated)})")
     return labels
+
+
+def _input_kind(value: str, source: str) -> InputKind:
+    kinds = get_args(InputKind)
+    if value not in kinds:
+        raise MetadataError(f"{source}: metadata 'input' must be one of {', '.join(kinds)}, got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def _check_text(value: str, key: str, source: str) -> str:

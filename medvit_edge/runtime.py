@@ -4,6 +4,11 @@
     pred = clf.predict("scan.png")            # or a PIL image, a numpy array, or a list of them
     pred.label, pred.probabilities["malignant"]
 
+A raw-input file (``export --raw-input``: metadata ``input: raw-uint8-nhwc``) preprocesses in
+its own graph: the same ``predict`` then hands it each decoded RGB image as uint8 ``(H, W, 3)``
+and runs no numpy preprocessing (``run_raw``; ``run`` stays "preprocessed tensors -> logits"
+for the other files).
+
 This is the one code path from a model file to probabilities: export's validation, the int8
 guard, ``infer``, ``evaluate`` and the benchmarks all run a variant through ``Classifier``, so
 the numbers they report are the numbers users get.
@@ -25,11 +30,12 @@ import numpy as np
 from PIL import Image
 
 from medvit_edge.errors import ModelLoadError
-from medvit_edge.images import as_rgb_image
+from medvit_edge.images import ImageDecodeError, as_rgb_image
+from medvit_edge.int8_target import warn_if_outside_target
 from medvit_edge.manifest import manifest_entry
-from medvit_edge.metadata import MetadataError, ModelMetadata
+from medvit_edge.metadata import RAW_INPUT, MetadataError, ModelMetadata
 from medvit_edge.metrics import softmax
-from medvit_edge.preprocess import preprocess_batch
+from medvit_edge.preprocess import MAX_RESIZED_PIXELS, PreprocessSpec, preprocess_batch, resized_size
 from medvit_edge.variants import Device, Variant, variant_named
 
 __all__ = ["Classifier", "Device", "ModelLoadError", "NonFiniteOutputError", "Prediction"]
@@ -43,6 +49,9 @@ INSTALL_HINT = (
 # Images preprocessed and run together: bounds memory for any number of inputs (10,000 frames
 # would otherwise be one 6 GB tensor).
 CHUNK = 16
+# The input of a raw-input file (metadata ``input: raw-uint8-nhwc``): uint8 RGB [N, H, W, 3].
+RAW_INPUT_NAME = "image"
+RAW_OUTPUT_NAME = "logits"  # beside "probabilities"; the runtime reads logits like everywhere
 
 
 class NonFiniteOutputError(ValueError):
@@ -169,8 +178,9 @@ class Classifier:
         self.sha256 = sha256  # of the file loaded (verified against the manifest when one exists)
         self.labels = list(metadata.labels)
         self.spec = metadata.preprocess
+        self.raw_input = metadata.input == RAW_INPUT
         self.input_name = session.get_inputs()[0].name
-        self.output_name = session.get_outputs()[0].name
+        self.output_name = RAW_OUTPUT_NAME if self.raw_input else session.get_outputs()[0].name
         row: Variant | None = variant_named(metadata.variant)
         dynamic = metadata.quantization.get("mode") == "dynamic"
         self.one_image_per_run = (row is not None and not row.batch_independent) or dynamic
@@ -204,6 +214,7 @@ class Classifier:
         except MetadataError as exc:
             raise ModelLoadError(str(exc)) from exc
         _check_signature(session, metadata, path)
+        warn_if_outside_target(metadata.quantization, path)  # 8-bit int8 on x86 without VNNI
         return cls(session, metadata, path, sha256)
 
     @property
@@ -212,6 +223,8 @@ class Classifier:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed (N, 3, size, size) float32 -> logits (N, classes), any N."""
+        if self.raw_input:
+            raise TypeError(f"{self.path}: a raw-input model takes uint8 RGB images: use run_raw()")
         if len(batch) == 0:
             return np.empty((0, len(self.labels)), np.float32)
         step = 1 if self.one_image_per_run else CHUNK
@@ -221,12 +234,27 @@ class Classifier:
         ]
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
+    def run_raw(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """Raw-input files: RGB uint8 (H, W, 3) images of any sizes -> logits (N, classes).
+        Consecutive images of one size go in one call (CHUNK at most; one each for dynamic
+        int8)."""
+        if not self.raw_input:
+            raise TypeError(f"{self.path}: takes preprocessed tensors: use run()")
+        outputs = [np.empty((0, len(self.labels)), np.float32)]
+        for group in _same_size_runs(frames, 1 if self.one_image_per_run else CHUNK):
+            batch = np.stack(group) if len(group) > 1 else group[0][None]
+            outputs.append(self.session.run([self.output_name], {self.input_name: batch})[0])
+        return np.concatenate(outputs)
+
     def predict_proba(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Probabilities (N, classes); inputs are decoded and preprocessed CHUNK at a time."""
         parts = [np.empty((0, len(self.labels)), np.float32)]
         for start in range(0, len(images), CHUNK):
             chunk = [as_rgb_image(image) for image in images[start : start + CHUNK]]
-            parts.append(softmax(self.run(preprocess_batch(chunk, self.spec))))
+            if self.raw_input:
+                parts.append(softmax(self.run_raw([raw_pixels(image, self.spec) for image in chunk])))
+            else:
+                parts.append(softmax(self.run(preprocess_batch(chunk, self.spec))))
         return np.concatenate(parts)
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> Prediction | list[Prediction]:
@@ -247,11 +275,42 @@ class Classifier:
         )
 
 
+def raw_pixels(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """An RGB image -> the uint8 (H, W, 3) array a raw-input file takes. The graph resizes the
+    whole image (the numpy path resamples only what the crop keeps), so an aspect ratio that
+    would need more than MAX_RESIZED_PIXELS in between is refused (``ImageDecodeError``)."""
+    width, height = resized_size(image.width, image.height, spec)
+    if width * height > MAX_RESIZED_PIXELS:
+        raise ImageDecodeError(
+            f"{image.width}x{image.height} image: its aspect ratio needs a {width}x{height} resize "
+            "inside the raw-input graph; run it with the numpy-path model (model.onnx, ...)"
+        )
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+
+
+def _same_size_runs(frames: Sequence[np.ndarray], limit: int) -> list[list[np.ndarray]]:
+    """Consecutive frames of one shape, at most ``limit`` per group; each checked first."""
+    groups: list[list[np.ndarray]] = []
+    for frame in frames:
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or 0 in frame.shape:
+            raise ValueError(
+                f"raw-input models take uint8 (H, W, 3) RGB images, got {frame.dtype} {frame.shape}"
+            )
+        if groups and len(groups[-1]) < limit and groups[-1][0].shape == frame.shape:
+            groups[-1].append(frame)
+        else:
+            groups.append([frame])
+    return groups
+
+
 def _check_signature(session: Any, metadata: ModelMetadata, path: Path) -> None:
     """The graph must take what the metadata says we will feed it, and give one score per label."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) < 1:
         raise ModelLoadError(f"{path}: expected one image input, found {len(inputs)} inputs")
+    if metadata.input == RAW_INPUT:
+        _check_raw_signature(inputs[0], outputs, metadata, path)
+        return
     if inputs[0].type != "tensor(float)" or outputs[0].type != "tensor(float)":
         raise ModelLoadError(
             f"{path}: input/output types are {inputs[0].type}/{outputs[0].type}; "
@@ -265,8 +324,27 @@ def _check_signature(session: Any, metadata: ModelMetadata, path: Path) -> None:
         raise ModelLoadError(
             f"{path}: input shape {shape} does not match (N, 3, {size}, {size}) from its metadata"
         )
-    classes = outputs[0].shape[-1] if outputs[0].shape else None
+    _check_classes(outputs[0], metadata, path)
+
+
+def _check_classes(output: Any, metadata: ModelMetadata, path: Path) -> None:
+    classes = output.shape[-1] if output.shape else None
     if isinstance(classes, int) and classes != len(metadata.labels):
         raise ModelLoadError(
             f"{path}: output has {classes} classes but metadata lists {len(metadata.labels)} labels"
         )
+
+
+def _check_raw_signature(image: Any, outputs: list[Any], metadata: ModelMetadata, path: Path) -> None:
+    """A raw-input file: uint8 (N, H, W, 3) in, float32 ``logits`` among the outputs."""
+    shape = image.shape
+    channels = shape[3] if len(shape) == 4 else None
+    if image.type != "tensor(uint8)" or len(shape) != 4 or (isinstance(channels, int) and channels != 3):
+        raise ModelLoadError(
+            f"{path}: metadata says {RAW_INPUT} but the graph takes {image.type} {shape}, "
+            "not uint8 (N, H, W, 3)"
+        )
+    logits = next((o for o in outputs if o.name == RAW_OUTPUT_NAME), None)
+    if logits is None or logits.type != "tensor(float)":
+        raise ModelLoadError(f"{path}: a raw-input model needs a float32 {RAW_OUTPUT_NAME!r} output")
+    _check_classes(logits, metadata, path)

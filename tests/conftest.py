@@ -57,7 +57,7 @@ def _train_tiny(data: Path, run_dir: Path, max_steps: int) -> Path:
         model="tiny",
         data=str(data),
         output=run_dir,
-        epochs=3,
+        epochs=10,  # max_steps ends it: enough to make decisive predictions (not near-ties)
         max_steps=max_steps,
         train_batch_size=16,
         logging_steps=2,
@@ -94,7 +94,7 @@ def tiny_busi_export(tiny_busi_run: Path) -> Path:
 def tiny_run(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Trained on phantom images: needs no shared data."""
     return _train_tiny(
-        phantom_dir / "split.csv", tmp_path_factory.mktemp("phantom_run") / "run", max_steps=18
+        phantom_dir / "split.csv", tmp_path_factory.mktemp("phantom_run") / "run", max_steps=60
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,8 @@ def test_every_command_has_real_help(command: str) -> None:
 
 
 def test_missing_extra_prints_the_install_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = cli.importlib.util.find_spec
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None if name == "torch" else real(name))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "torch" else real(name))
     result = CliRunner().invoke(cli.main, ["train", "--model", "tiny"])
     assert result.exit_code == 2
     assert "torch" in result.output and "pip install 'medvit-edge[train]'" in result.output
@@ -32,9 +33,9 @@ def test_missing_extra_prints_the_install_line(monkeypatch: pytest.MonkeyPatch) 
 def test_runtime_without_onnxruntime_says_which_extra(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    real = cli.importlib.util.find_spec
+    real = importlib.util.find_spec
     monkeypatch.setattr(
-        cli.importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real(name)
+        importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real(name)
     )
     result = CliRunner().invoke(cli.main, ["infer", str(tmp_path / "m.onnx"), str(tmp_path)])
     assert result.exit_code == 2 and "medvit-edge[cpu]" in result.output

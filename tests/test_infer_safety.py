@@ -24,7 +24,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from medvit_edge import cli
-from medvit_edge import infer as infer_module
+from medvit_edge import output as output_module
 from medvit_edge.files import atomic_writer
 from medvit_edge.infer import InferConfig, OutputWriteError, infer, resolve_model_path
 from medvit_edge.progress import Progress
@@ -206,7 +206,7 @@ def test_full_disk_keeps_the_old_output_and_prints_the_rows(
 ) -> None:
     output = tmp_path / "preds.csv"
     output.write_text("previous,complete,results\n")
-    monkeypatch.setattr(infer_module, "atomic_writer", _DiskFills(limit=150))
+    monkeypatch.setattr(output_module, "atomic_writer", _DiskFills(limit=150))
     result = _run_cli([model, scans, "--output", output, "--quiet"])
     line = _one_line_error(result)
     assert str(output) in line and "No space left on device" in line and "stdout" in line
@@ -225,7 +225,7 @@ def test_full_disk_keeps_the_old_output_and_prints_the_rows(
 def test_full_disk_from_the_library_raises_with_the_rows(
     model: Path, scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(infer_module, "atomic_writer", _DiskFills(limit=10))
+    monkeypatch.setattr(output_module, "atomic_writer", _DiskFills(limit=10))
     output = tmp_path / "preds.jsonl"
     with pytest.raises(OutputWriteError) as caught:
         infer(InferConfig(model=model, inputs=[str(scans)], output=output, progress=False))
@@ -268,7 +268,8 @@ def test_formula_cells_are_neutralised_and_recoverable(
         table = list(csv.reader(handle))
     header, rows = table[0], table[1:]
     hostile_labels = ['\'=HYPERLINK("x")', "'+b", "normal"]
-    assert header == ["path", "frame", "label", *hostile_labels, "variant", "model_sha256", "error"]
+    uids = ["study_uid", "series_uid", "sop_uid"]  # empty for images that are not DICOM
+    assert header == ["path", "frame", "label", *hostile_labels, "variant", "model_sha256", "error", *uids]
     for cell in [c for row in table for c in row]:
         assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
     assert [row[0] for row in rows] == ["'" + name for name in inputs]  # strip one ' to recover
@@ -423,7 +424,8 @@ def test_model_folder_picks_the_validated_variant(
         result = _run_cli([model_arg, scans / "a.png", "--quiet"])
         assert result.exit_code == 0, result.output
         assert f"using {run / 'onnx' / expected} ({variant})" in result.stderr
-        assert result.stdout.splitlines()[1].endswith(f",{variant},{_sha(run / 'onnx' / expected)},")
+        # ... variant, model_sha256, error (empty), then three empty DICOM identifier columns
+        assert result.stdout.splitlines()[1].endswith(f",{variant},{_sha(run / 'onnx' / expected)},,,,")
 
 
 def _sha(path: Path) -> str:
@@ -465,10 +467,10 @@ def test_no_input_files_is_not_a_silent_success(model: Path, tmp_path: Path) -> 
 SLOW_WRITER = """
 import sys, time
 from pathlib import Path
-import medvit_edge.infer as infer_module
+import medvit_edge.output as output_module
 from medvit_edge import cli
 
-real = infer_module.format_predictions
+real = output_module.format_predictions
 
 def slow(handle, rows, labels, **kwargs):
     handle.write("path,frame,label\\n")
@@ -477,7 +479,7 @@ def slow(handle, rows, labels, **kwargs):
     time.sleep(120)
     real(handle, rows, labels, **kwargs)
 
-infer_module.format_predictions = slow
+output_module.format_predictions = slow
 cli.main(sys.argv[2:], prog_name="medvit-edge")
 """
 

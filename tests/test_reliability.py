@@ -78,8 +78,9 @@ def _corpus(folder: Path, base_image: Path) -> dict[str, str]:
     cases["scan.dcm"] = GOOD
     (folder / "no pixels.dcm").write_bytes(Path(get_testdata_file("rtplan.dcm")).read_bytes())
     cases["no pixels.dcm"] = "no pixel data"
-    (folder / "jpeg-ls.dcm").write_bytes(Path(get_testdata_file("JPEGLSNearLossless_16.dcm")).read_bytes())
-    cases["jpeg-ls.dcm"] = "transfer syntax"
+    # 12-bit JPEG Extended: no decoder in the [dicom] extra (JPEG-LS has one, through highdicom)
+    (folder / "jpeg-ext.dcm").write_bytes(Path(get_testdata_file("JPGExtended.dcm")).read_bytes())
+    cases["jpeg-ext.dcm"] = "transfer syntax"
     del dicom
     return cases
 

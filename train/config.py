@@ -45,8 +45,9 @@ class TrainConfig:
     output: Path = Path("models/run")
     epochs: float = 40
     learning_rate: float = 2e-5
-    train_batch_size: int = 10
+    train_batch_size: int = 10  # per device: a step sees this × processes × accumulation steps
     eval_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
     weight_decay: float = 0.01
     save_total_limit: int = 2
     metric_for_best_model: str = "balanced_accuracy"
@@ -84,6 +85,8 @@ class TrainConfig:
         self.crop_scale = (float(self.crop_scale[0]), float(self.crop_scale[1]))
         if self.train_batch_size < 1 or self.eval_batch_size < 1:
             raise UserError("batch sizes must be >= 1")
+        if self.gradient_accumulation_steps < 1:
+            raise UserError("gradient accumulation steps must be >= 1")
         if not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1:
             raise UserError("val_fraction and test_fraction must be between 0 and 1")
         if not self.epochs > 0 or not self.learning_rate > 0:

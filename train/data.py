@@ -11,9 +11,10 @@ import numpy as np
 from PIL import Image
 
 from medvit_edge.errors import UserError, printable
-from medvit_edge.images import as_rgb_image, load_image
+from medvit_edge.images import as_rgb_image
 from medvit_edge.inputs import InputFile, walk_folder
 from medvit_edge.labelled import SPLIT_ALIASES, read_class_folders, read_split_csv
+from medvit_edge.reader import read_labelled_image
 
 from .hub import ensure_hub_reachable, looks_like_local_path
 
@@ -26,10 +27,11 @@ class Sample:
     path: Path | None = None
     hub_ref: tuple[Any, int] | None = field(default=None, compare=False, hash=False)
     group: str = ""
+    frame: int | None = None  # of a multi-frame file; None: medvit_edge.reader's rule
 
     def image(self) -> Image.Image:
         if self.path is not None:
-            return load_image(self.path)
+            return read_labelled_image(self.path, self.frame)  # the reader infer uses (DICOM too)
         dataset, index = self.hub_ref  # type: ignore[misc]
         return as_rgb_image(dataset[index]["image"])
 
@@ -99,8 +101,19 @@ def _from_csv(csv_path: Path) -> tuple[list[Sample], list[str], bool]:
     for row, image in enumerate(images, start=2):  # spreadsheet numbering: the header is row 1
         if not image.label.strip():
             raise UserError(f"{printable(csv_path)} row {row}: empty label for {printable(image.key)}")
-    samples = [Sample(i.key, i.label, i.split, i.path, group=i.group) for i in images]
+    rows_per_file = Counter(i.key for i in images)
+    samples = [
+        # frames of one file (several rows naming it) share a group: they never straddle splits
+        Sample(
+            i.key, i.label, i.split, i.path, group=i.group or _file_group(i.key, rows_per_file), frame=i.frame
+        )
+        for i in images
+    ]
     return samples, sorted({s.label for s in samples}), any(s.split for s in samples)
+
+
+def _file_group(key: str, rows_per_file: Counter[str]) -> str:
+    return f"file:{key}" if rows_per_file[key] > 1 else ""
 
 
 def _from_folder(root: Path) -> tuple[list[Sample], list[str], bool]:

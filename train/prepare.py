@@ -165,11 +165,13 @@ def class_counts(bundle: DataBundle) -> dict[str, dict[str, int]]:
 
 
 def write_split_csv(path: Path, bundle: DataBundle) -> None:
-    """One row per image used: path, label, split, duplicate group."""
+    """One row per image used: path, label, split, duplicate group, frame (empty: the reader's
+    rule, see medvit_edge.reader)."""
     with atomic_writer(path) as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split", "dup_group"])
+        writer.writerow(["path", "label", "split", "dup_group", "frame"])
         for sample in bundle.samples:
             # Absolute paths, so export and evaluate can find the images from anywhere.
             location = str(sample.path.resolve()) if sample.path else sample.key
-            writer.writerow([location, sample.label, sample.split, sample.group])
+            frame = "" if sample.frame is None else sample.frame
+            writer.writerow([location, sample.label, sample.split, sample.group, frame])

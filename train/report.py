@@ -166,8 +166,8 @@ def write_model_card(
         f"with conflicting labels: {len(leakage.get('label_conflict_groups', []))} (see data_report.json)",
         "",
         "## Recipe",
-        f"Model `{cfg.model}`, lr {cfg.learning_rate}, batch {cfg.train_batch_size} "
-        f"(eval {cfg.eval_batch_size}), "
+        f"Model `{cfg.model}`, lr {cfg.learning_rate}, {_batch_text(cfg, metrics)} "
+        f"(eval {cfg.eval_batch_size} per device), "
         f"{cfg.epochs:g} epochs, weight decay {cfg.weight_decay}, best checkpoint by validation "
         f"{cfg.metric_for_best_model}, class-weighted loss: {cfg.class_weighted_loss}. Full settings: "
         "`train_config.json`.",
@@ -179,6 +179,17 @@ def write_model_card(
     lines += _results_table(metrics, bundle.labels)
     header = model_card_data(run_dir, cfg, metrics).to_yaml()
     ModelCard(f"---\n{header}\n---\n\n" + "\n".join(lines) + "\n").save(run_dir / "README.md")
+
+
+def _batch_text(cfg: TrainConfig, metrics: dict[str, Any]) -> str:
+    """The batch one optimizer step saw: per device × processes × accumulation steps."""
+    batch = metrics.get("batch")
+    if not batch or batch["effective_batch_size"] == cfg.train_batch_size:
+        return f"batch {cfg.train_batch_size}"
+    return (
+        f"batch {batch['effective_batch_size']} ({batch['per_device_batch_size']} per device × "
+        f"{batch['processes']} processes × {batch['gradient_accumulation_steps']} accumulation steps)"
+    )
 
 
 def _results_table(metrics: dict[str, Any], labels: list[str]) -> list[str]:

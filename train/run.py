@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from medvit_edge.metrics import classification_metrics, flat_metrics
 
 from .config import TrainConfig
 from .data import DataBundle, Sample
+from .distributed import barrier, check_same_split, describe_batch, effective_batch, from_main, quiet_replicas
 from .models import load_model, torchvision_transforms
 from .prepare import class_counts, prepare_data, write_split_csv
 from .report import plot_confusion_matrix, plot_samples, plot_training_curves, write_model_card
@@ -30,6 +32,7 @@ class TrainResult:
     run_dir: Path
     metrics: dict[str, Any]
     labels: list[str]
+    main_process: bool = True  # False on the other ranks of a distributed run (they wrote nothing)
 
 
 class ImageDataset:
@@ -73,35 +76,76 @@ def check_output_writable(output: Path, needed_bytes: int) -> None:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Prepare data, fine-tune, evaluate on validation and test, and write the run folder."""
+    """Prepare data, fine-tune, evaluate on validation and test, and write the run folder.
+
+    Under ``torchrun`` / ``accelerate launch`` every process runs this (DDP): each computes the
+    same split (checked), the Trainer shards the batches, and only global rank 0 writes the run
+    folder; every rank returns once the folder is complete."""
     # transformers warns on every checkpoint rotation on filesystems with coarse mtimes; it
     # falls back to step numbers, which is what we want anyway.
     warnings.filterwarnings("ignore", message="mtime may not be reliable")
+    args = training_arguments(cfg)  # under a launcher, this joins the process group
+    main = args.process_index == 0
+    with quiet_replicas(main):
+        return _train(cfg, args, main)
+
+
+def _train(cfg: TrainConfig, args: Any, main: bool) -> TrainResult:
     run_dir = cfg.output
     bundle = prepare_data(cfg)
+    check_same_split(bundle)
     logger.info("data: %s -> labels %s; %s", cfg.data, bundle.labels, "; ".join(bundle.notes))
     counts = class_counts(bundle)
     for split, per_class in counts.items():
         logger.info("  %-10s %s", split, "  ".join(f"{k}={v}" for k, v in per_class.items()))
     model, spec = load_model(cfg.model, bundle.labels, cfg.attn_implementation)
     parameters = sum(p.numel() for p in model.parameters())
-    # a checkpoint holds weights + 2 Adam moments: ~12 bytes/param, times kept checkpoints + final
-    check_output_writable(run_dir, 12 * parameters * (cfg.save_total_limit + 1))
+    batch = effective_batch(args)
+    logger.info("%s", describe_batch(batch))
+    if main:
+        # a checkpoint holds weights + 2 Adam moments: ~12 bytes/param, times kept checkpoints + final
+        check_output_writable(run_dir, 12 * parameters * (cfg.save_total_limit + 1))
+        _write_data_reports(run_dir, cfg, bundle, counts)
+    barrier()  # the run folder exists before any rank saves a checkpoint into it
+    trainer = build_trainer(cfg, args, bundle, model, spec)
+    last_checkpoint = from_main(_resume_point(run_dir) if cfg.resume and main else None)
+    train_output = trainer.train(resume_from_checkpoint=last_checkpoint)
+    # every rank predicts (the Trainer gathers the shards); rank 0 writes
+    metrics = {**_final_metrics(trainer, bundle, spec, train_output, parameters), "batch": batch}
+    if main:
+        _write_results(trainer, cfg, bundle, metrics, spec)
+    if cfg.push_to_hub:
+        trainer.push_to_hub()  # the Trainer pushes from rank 0 only
+    barrier()
+    return TrainResult(run_dir, metrics, bundle.labels, main_process=main)
+
+
+def _write_data_reports(
+    run_dir: Path, cfg: TrainConfig, bundle: DataBundle, counts: dict[str, dict[str, int]]
+) -> None:
     write_json_atomic(run_dir / "train_config.json", cfg.to_dict())
     write_split_csv(run_dir / "split.csv", bundle)
     write_json_atomic(
         run_dir / "data_report.json", {"class_counts": counts, "notes": bundle.notes, **bundle.leakage}
     )
     plot_samples(bundle, run_dir / "samples.png")
-    trainer = build_trainer(cfg, bundle, model, spec)
-    last_checkpoint = _last_checkpoint(run_dir / "checkpoints") if cfg.resume else None
+
+
+def _resume_point(run_dir: Path) -> str | None:
+    last_checkpoint = _last_checkpoint(run_dir / "checkpoints")
     if last_checkpoint:
         logger.info("resuming from %s", last_checkpoint)
-    elif cfg.resume:
+    else:
         logger.info("no checkpoint: starting fresh")
-    train_output = trainer.train(resume_from_checkpoint=last_checkpoint)
+    return last_checkpoint
+
+
+def _write_results(
+    trainer: Any, cfg: TrainConfig, bundle: DataBundle, metrics: dict[str, Any], spec: Any
+) -> None:
+    """The trained model and everything people read about it (rank 0 only)."""
+    run_dir = cfg.output
     save_model(trainer.model, spec, run_dir)
-    metrics = _final_metrics(trainer, bundle, spec, train_output, parameters)
     write_json_atomic(run_dir / "metrics.json", metrics)
     plot_training_curves(
         trainer.state.log_history, cfg.metric_for_best_model, run_dir / "training_curves.png"
@@ -110,33 +154,28 @@ def train(cfg: TrainConfig) -> TrainResult:
         plot_confusion_matrix(
             metrics["test"]["confusion_matrix"], bundle.labels, run_dir / "confusion_matrix.png"
         )
-    write_model_card(run_dir, cfg, bundle, counts, metrics, spec)
-    if cfg.push_to_hub:
-        trainer.push_to_hub()
-    return TrainResult(run_dir, metrics, bundle.labels)
+    write_model_card(run_dir, cfg, bundle, class_counts(bundle), metrics, spec)
 
 
-def build_trainer(cfg: TrainConfig, bundle: DataBundle, model: Any, spec: Any) -> Any:
+def training_arguments(cfg: TrainConfig) -> Any:
+    """The Trainer's arguments. Building them sets up the devices: under ``torchrun`` that
+    starts the process group (gloo on CPUs, NCCL on GPUs), which ``train()`` needs early."""
     import torch
-    from transformers import Trainer, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_callback import ProgressCallback as HFProgressCallback
+    from transformers import TrainingArguments
 
-    from .trainer import ProgressCallback, class_weighted_loss, precision_flags
+    from .trainer import precision_flags
 
-    train_set = ImageDataset(
-        bundle.split("train"),
-        bundle.labels,
-        torchvision_transforms(spec, train=True, crop_scale=cfg.crop_scale),
-    )
-    val_set = ImageDataset(
-        bundle.split("validation"), bundle.labels, torchvision_transforms(spec, train=False)
-    )
-    args = TrainingArguments(
+    cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if cpu_ddp:
+        # accelerate names rank N's device "cpu:N", and resuming then fails: torch.load cannot
+        # map the optimizer state saved from "cpu:0" there. "cpu" is the same device for all.
+        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
+    settings: dict[str, Any] = dict(
         output_dir=str(cfg.output / "checkpoints"),
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.train_batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         weight_decay=cfg.weight_decay,
@@ -159,8 +198,30 @@ def build_trainer(cfg: TrainConfig, bundle: DataBundle, model: Any, spec: Any) -
         disable_tqdm=True,  # our ProgressCallback draws the bar
         dataloader_pin_memory=torch.cuda.is_available(),
         save_safetensors=True,
+        # every ViT parameter gets a gradient: skip DDP's per-step search for unused ones
+        ddp_find_unused_parameters=False,
+        # launched on CPUs only, accelerate runs DDP (gloo) only when told the run is CPU: else
+        # each process would train a model of its own
+        use_cpu=cpu_ddp,
         **precision_flags(cfg.precision),
-        **cfg.extra,
+    )
+    return TrainingArguments(**{**settings, **cfg.extra})
+
+
+def build_trainer(cfg: TrainConfig, args: Any, bundle: DataBundle, model: Any, spec: Any) -> Any:
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as HFProgressCallback
+
+    from .trainer import ProgressCallback, class_weighted_loss
+
+    train_set = ImageDataset(
+        bundle.split("train"),
+        bundle.labels,
+        torchvision_transforms(spec, train=True, crop_scale=cfg.crop_scale),
+    )
+    val_set = ImageDataset(
+        bundle.split("validation"), bundle.labels, torchvision_transforms(spec, train=False)
     )
     trainer = Trainer(
         model=model,

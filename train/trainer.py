@@ -56,8 +56,9 @@ class ProgressCallback(TrainerCallback):
             initial=state.global_step,
             file=sys.stderr,
             unit="step",
-            # the bar only on a terminal; logs (CI, nohup) get the per-epoch lines alone
-            disable=not (self.enabled and sys.stderr.isatty()),
+            # the bar only on a terminal, and from one process of a distributed run; logs (CI,
+            # nohup) get the per-epoch lines alone
+            disable=not (self.enabled and sys.stderr.isatty() and state.is_world_process_zero),
             dynamic_ncols=True,
             leave=False,
         )
@@ -75,6 +76,8 @@ class ProgressCallback(TrainerCallback):
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
     ) -> None:
+        if not state.is_world_process_zero:
+            return  # one line per evaluation, not one per process
         metrics = metrics or {}
         losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
         value = metrics.get(self.metric)

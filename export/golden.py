@@ -1,0 +1,153 @@
+"""Golden files: a few real validation images with what every exported variant gives on them.
+
+``onnx/golden/`` holds, for each image, the decoded RGB pixels as a PNG and as a uint8 ``.npy``
+array (exactly what a raw-input file takes), the exact preprocessed float32 tensor of all of
+them (``pixel_values.npy``, what the numpy-path files take), and ``golden.json``: per variant
+name, its file, sha256, input kind, tolerance and expected probabilities. A native integration
+can check its own decoding, preprocessing and inference number by number against them;
+``medvit-edge check`` (medvit_edge/golden.py) re-runs them on a new device.
+
+Images are named ``image-N`` (never by their source file name, which may identify a patient)
+and the PNGs carry no metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from medvit_edge.files import sha256_file
+from medvit_edge.golden import GOLDEN_FOLDER, GOLDEN_FORMAT, GOLDEN_INDEX, PIXEL_VALUES_FILE
+from medvit_edge.manifest import GoldenRecord, Manifest, VariantRecord
+from medvit_edge.preprocess import preprocess_batch
+from medvit_edge.runtime import Classifier
+from medvit_edge.variants import VARIANTS
+
+if TYPE_CHECKING:
+    from .run import Exporter
+
+logger = logging.getLogger(__name__)
+
+
+def write_golden(exporter: Exporter, manifest: Manifest) -> Manifest:
+    """Write ``OUTPUT/golden/`` (replacing an earlier one whole) and return the manifest with its
+    record; the manifest is returned unchanged when no golden images are asked for."""
+    cfg, validation = exporter.cfg, exporter.validation
+    assert cfg.output is not None
+    picks = pick_images(validation.label_ids, len(validation.frames), cfg.golden_images)
+    if not picks:
+        return manifest
+    frames = [np.ascontiguousarray(validation.frames[i], dtype=np.uint8) for i in picks]
+    ids = validation.label_ids
+    labels = [exporter.labels[int(ids[i])] if ids is not None else None for i in picks]
+    scratch = Path(tempfile.mkdtemp(prefix=".golden-", dir=cfg.output))
+    try:
+        index = _write_files(scratch, frames, labels, exporter)
+        index["variants"] = {r.variant: _expected(cfg.output / r.file, r, frames) for r in manifest.variants}
+        _write_index(scratch / GOLDEN_INDEX, index)
+        _swap_in(scratch, cfg.output / GOLDEN_FOLDER)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    record = GoldenRecord(
+        folder=GOLDEN_FOLDER,
+        index=GOLDEN_INDEX,
+        sha256=sha256_file(cfg.output / GOLDEN_FOLDER / GOLDEN_INDEX),
+        images=len(frames),
+        variants=tuple(index["variants"]),
+    )
+    logger.info("golden files: %d images, %d variants", len(frames), len(record.variants))
+    return replace(manifest, golden=record)
+
+
+def pick_images(label_ids: np.ndarray | None, total: int, count: int) -> list[int]:
+    """Up to ``count`` validation images, one per class in turn (validation order within a class)."""
+    if label_ids is None:
+        return list(range(min(count, total)))
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(label_ids[:total]):
+        by_class.setdefault(int(label), []).append(index)
+    queues = [by_class[label] for label in sorted(by_class)]
+    picks: list[int] = []
+    for rank in range(max((len(q) for q in queues), default=0)):
+        picks += [queue[rank] for queue in queues if rank < len(queue)]
+    return picks[:count]
+
+
+def _write_files(
+    folder: Path, frames: list[np.ndarray], labels: list[str | None], exporter: Exporter
+) -> dict[str, Any]:
+    """The images (PNG + uint8 array) and the preprocessed tensor; returns the index so far."""
+    images = []
+    for number, (frame, label) in enumerate(zip(frames, labels)):
+        name = f"image-{number}"
+        Image.fromarray(frame, "RGB").save(folder / f"{name}.png")
+        np.save(folder / f"{name}.npy", frame, allow_pickle=False)
+        images.append(
+            {
+                "name": name,
+                "png": f"{name}.png",
+                "array": f"{name}.npy",
+                "shape": list(frame.shape),
+                "label": label,
+                "png_sha256": sha256_file(folder / f"{name}.png"),
+                "array_sha256": sha256_file(folder / f"{name}.npy"),
+            }
+        )
+    pixels = preprocess_batch([Image.fromarray(frame, "RGB") for frame in frames], exporter.spec)
+    np.save(folder / PIXEL_VALUES_FILE, pixels, allow_pickle=False)
+    return {
+        "format": GOLDEN_FORMAT,
+        "labels": list(exporter.labels),
+        "preprocess": exporter.spec.to_dict(),
+        "created": exporter.created,
+        "images": images,
+        "pixel_values": {
+            "file": PIXEL_VALUES_FILE,
+            "shape": list(pixels.shape),
+            "dtype": "float32",
+            "sha256": sha256_file(folder / PIXEL_VALUES_FILE),
+        },
+    }
+
+
+def _expected(path: Path, record: VariantRecord, frames: list[np.ndarray]) -> dict[str, Any]:
+    """What the file gives on the golden images through the runtime (as users run it)."""
+    classifier = Classifier.load(path, device="cpu", verify=False)
+    probabilities = classifier.predict_proba([Image.fromarray(frame, "RGB") for frame in frames])
+    return {
+        "file": record.file,
+        "sha256": record.sha256,
+        "status": record.status,
+        "input": classifier.metadata.input,
+        "tolerance": VARIANTS[record.variant].check_tolerance,
+        "probabilities": [[float(p) for p in row] for row in probabilities],
+        "top1": [classifier.labels[int(i)] for i in probabilities.argmax(axis=1)],
+    }
+
+
+def _write_index(path: Path, index: dict[str, Any]) -> None:
+    # float32 values written as Python floats: repr round-trips, so the numbers are exact
+    path.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Replace ``target`` with the finished folder ``new``: a reader sees the old golden files or
+    the new ones, never a mix."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}-old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(old)
