@@ -20,11 +20,16 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
+        return sha256_handle(handle)
+
+
+def sha256_handle(handle: IO[bytes], chunk_size: int = 1 << 20) -> str:
+    """The sha256 of what is left to read from an open binary file, read in chunks."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(chunk_size):
+        digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -19,7 +19,6 @@ and preprocessing keeps no state.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from medvit_edge.errors import ModelLoadError
+from medvit_edge.files import sha256_handle
 from medvit_edge.images import ImageDecodeError, as_rgb_image
 from medvit_edge.int8_target import warn_if_outside_target
 from medvit_edge.manifest import manifest_entry
@@ -114,18 +114,16 @@ def hash_model_file(path: Path) -> tuple[str, tuple[int, ...]]:
         raise ModelLoadError(f"{path}: model file not found")
     if not path.is_file():
         raise ModelLoadError(f"{path}: not a regular file")
-    digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
             before = _identity(os.fstat(handle.fileno()))
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+            digest = sha256_handle(handle)
             after = _identity(os.fstat(handle.fileno()))
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read the model file ({exc.strerror or exc})") from exc
     if before != after:
         raise ModelLoadError(f"{path}: the file changed while it was being read; refusing it")
-    return digest.hexdigest(), before
+    return digest, before
 
 
 def _check_unchanged(path: Path, identity: tuple[int, ...]) -> None:
