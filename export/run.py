@@ -185,7 +185,8 @@ class Exporter:
         )
         write_metadata(path, metadata)
         seconds = time.perf_counter() - started
-        check = self.validate(variant, path)
+        classifier = Classifier.load(path, device="cpu", verify=False)  # hashes the file it loads
+        check = self.validate(variant, classifier)
         status = "passed" if check.passed else "failed"
         logger.info(
             "  %s: %s; max |Δlogit| %.2e, agreement %.2f%%%s",
@@ -199,15 +200,15 @@ class Exporter:
             file=path.name,
             variant=variant.name,
             status=status,
-            sha256=sha256_file(path),
+            sha256=classifier.sha256,  # of the very bytes that were validated
             size_bytes=path.stat().st_size,
             export_seconds=round(seconds, 2),
             validation=check,
             quantization=quantization or {},
         )
 
-    def validate(self, variant: Variant, path: Path) -> Validation:
-        logits = self.logits(path)
+    def validate(self, variant: Variant, classifier: Classifier) -> Validation:
+        logits = self.logits(classifier)
         return compare(
             self.reference,
             logits,
@@ -217,10 +218,9 @@ class Exporter:
             self.cfg.guard_classes,
         )
 
-    def logits(self, path: Path) -> np.ndarray:
+    def logits(self, classifier: Classifier) -> np.ndarray:
         """The file's logits on the validation images, as the runtime computes them (one image
         per call for dynamic int8, chunks otherwise)."""
-        classifier = Classifier.load(path, device="cpu", verify=False)
         if classifier.raw_input:
             return classifier.run_raw(self.validation.frames).astype(np.float32)
         return classifier.run(self.validation.pixels).astype(np.float32)
