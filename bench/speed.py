@@ -1,17 +1,27 @@
 """Inference speed suite: ViT-B/16 and ViT-L/16 (random init; speed does not depend on weights).
 
-Interleaved in one run, batch 1 and a larger batch: PyTorch eager fp32, the transformers
-pipeline, Optimum's ORTModelForImageClassification pipeline, and this project's runtime with each
-variant. Also: preprocessing per image, import time, cold start, peak RSS (fresh processes), and
-folder `infer` throughput against model-only throughput.
+Interleaved in one run, batch 1 and a larger batch, model only and end to end: PyTorch eager fp32
+and bf16 autocast, the transformers pipeline, Optimum's ORTModelForImageClassification pipeline,
+the OpenVINO peers of bench/peers.py (fp32 IR at its default precision, NNCF int8 weight
+compression, NNCF post-training int8 made the documented way, our int8 ONNX file read by
+OpenVINO), and this project's runtime with every variant the build produced (every row of the
+variants table whose file exists, OpenVINO IR variants included). Then a throughput mode (every
+core busy, images/s; bench/throughput.py). Also: preprocessing per image, import time, cold start,
+peak RSS (fresh processes), and folder `infer` throughput against model-only throughput.
 
-    python -m bench.speed [--models base large] [--rounds 5] [--batch 8]
+    python -m bench.speed [--models base large] [--rounds 5] [--batch 8] [--no-write]
+
+Built models are cached under models/bench/vit-{base,large}/ (delete a folder to rebuild it).
+``--no-write`` (for a busy machine) saves bench/results/speed-scratch.json and prints the tables
+instead of writing BENCHMARKS.md and speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import statistics
 import subprocess
 import sys
@@ -24,28 +34,86 @@ import numpy as np
 from PIL import Image
 
 from bench.common import BUSI, REPO, machine, save_json
+from bench.peers import Runner, build_openvino_peers, openvino_runners, torch_bf16_runner
+from bench.throughput import Measure, classifier_throughput, measure_throughput, openvino_throughput
+from medvit_edge.manifest import Manifest
+from medvit_edge.metadata import PIXEL_VALUES_INPUT
 from medvit_edge.variants import VARIANTS
 
 SIZES = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
-# The variants table names the files; the report's row names stay short.
-VARIANT_FILES = {
-    short: VARIANTS[name].file_name
-    for short, name in (("fp32", "fp32"), ("fp16", "fp16"), ("int8", "int8-dynamic"))
-}
+
+
+def medvit_variants(onnx_dir: Path) -> dict[str, Path]:
+    """Every row of the variants table whose file the build produced, by variant name (a file two
+    rows share, model.int8.onnx, goes by the row the manifest says made it). Raw-input twins take
+    uint8 frames, not tensors: bench.raw_parity measures them."""
+    manifest = Manifest.read(onnx_dir)
+    made = {record.file: record.variant for record in manifest.variants} if manifest else {}
+    return {
+        row.name: onnx_dir / row.file_name
+        for row in VARIANTS.values()
+        if row.input == PIXEL_VALUES_INPUT
+        and (onnx_dir / row.file_name).is_file()
+        and made.get(row.file_name, row.name) == row.name
+    }
+
+
+def size_mb(path: Path) -> float:
+    """The model's bytes on disk (an OpenVINO IR's .xml and its .bin together)."""
+    weights = path.with_suffix(".bin")
+    return (
+        path.stat().st_size + (weights.stat().st_size if path.suffix == ".xml" and weights.is_file() else 0)
+    ) / 1e6
+
+
+# ExportConfig flags of variants beyond fp32/fp16/int8 that the build asks for when export has them
+OPTIONAL_VARIANTS: tuple[str, ...] = ("openvino",)
 
 
 def build_model(size: str, root: Path) -> Path:
-    """A ViT-{B,L}/16 classifier folder (save_pretrained + preprocess.json) and its ONNX variants."""
+    """A ViT-{B,L}/16 classifier folder (save_pretrained + preprocess.json), its variants, the
+    ablations' files and the peers' files. Each step is skipped when its output exists (delete
+    the folder to rebuild), so an interrupted build resumes."""
+    from medvit_edge.export import ExportConfig, export
+
     folder = root / f"vit-{size}"
-    if (folder / "onnx" / "manifest.json").is_file():
-        return folder
+    if not (folder / "model.safetensors").is_file():
+        _random_model(size, folder)
+    common: dict[str, Any] = dict(
+        run_dir=folder,
+        int8=True,
+        data=BUSI / "split.csv",
+        data_split="test",
+        calibration_data=BUSI / "split.csv",  # its train split (the random-init folder has none)
+        max_validation_images=16,
+        allow_degraded=True,
+        int8_guard_search=False,
+    )
+    # the fused export is the ablation of the offline-fusion lever (off by default: it measured slower)
+    if not (folder / "onnx-fused" / "manifest.json").is_file():
+        export(ExportConfig(output=folder / "onnx-fused", optimize=True, **common))
+    # every variant export can build here (the OpenVINO IR ones when this export offers them);
+    # rebuilt when export has learnt a variant since the cached build
+    offered = {f.name for f in dataclasses.fields(ExportConfig)}
+    cfg = ExportConfig(fp16=True, **common, **{k: True for k in OPTIONAL_VARIANTS if k in offered})
+    manifest = Manifest.read(folder / "onnx")
+    if manifest is None or set(cfg.requested_variants()) - {r.variant for r in manifest.variants}:
+        export(cfg)
+    if not (folder / "onnx-optimum-avx2" / "model_quantized.onnx").is_file():
+        optimum_avx2(folder)
+    if not (folder / "onnx-static-s8s8" / "model.onnx").is_file():
+        static_s8s8(folder)
+    build_openvino_peers(folder)
+    return folder
+
+
+def _random_model(size: str, folder: Path) -> None:
     from transformers import ViTConfig, ViTForImageClassification
 
     from medvit_edge.checkpoint import save_model
-    from medvit_edge.export import ExportConfig, export
     from medvit_edge.preprocess import PreprocessSpec
 
     labels = ["benign", "malignant", "normal"]
@@ -56,21 +124,6 @@ def build_model(size: str, root: Path) -> Path:
         label2id={k: i for i, k in enumerate(labels)},
     )
     save_model(ViTForImageClassification(config).eval(), PreprocessSpec(), folder)
-    common = dict(
-        run_dir=folder,
-        int8=True,
-        data=BUSI / "split.csv",
-        data_split="test",
-        max_validation_images=16,
-        allow_degraded=True,
-        int8_guard_search=False,
-    )
-    # the fused export is the ablation of the offline-fusion lever (off by default: it measured slower)
-    export(ExportConfig(output=folder / "onnx-fused", optimize=True, **common))
-    export(ExportConfig(fp16=True, **common))
-    optimum_avx2(folder)
-    static_s8s8(folder)
-    return folder
 
 
 def _stamp(source: Path, target: Path, variant: str) -> None:
@@ -126,10 +179,9 @@ def static_s8s8(folder: Path) -> None:
     _stamp(folder / "onnx" / "model.onnx", target, "int8-static-s8s8")
 
 
-def runners(
-    folder: Path, threads: int
-) -> dict[str, tuple[Callable[[np.ndarray], Any], Callable[[list], Any]]]:
-    """name -> (model-only call on a preprocessed batch, end-to-end call on PIL images)."""
+def runners(folder: Path, threads: int) -> tuple[dict[str, Runner], dict[str, str]]:
+    """name -> (model-only call on a preprocessed batch, end-to-end call on PIL images), and the
+    inference precision each OpenVINO peer chose."""
     import onnxruntime as ort
     import torch
     from optimum.onnxruntime import ORTModelForImageClassification
@@ -154,25 +206,46 @@ def runners(
         with torch.inference_mode():
             return model(pixel_values=torch.from_numpy(batch)).logits
 
-    found = {
+    found: dict[str, Runner] = {
         "PyTorch eager fp32": (torch_run, lambda images: hf_pipe(images, batch_size=len(images))),
+        "PyTorch bf16 autocast": torch_bf16_runner(model, hf_pipe),
         "Optimum ORTModel fp32": (
             lambda b: ort_model(pixel_values=torch.from_numpy(b)),
             lambda images: ort_pipe(images, batch_size=len(images)),
         ),
     }
-    for variant, name in VARIANT_FILES.items():
-        classifier = Classifier.load(folder / "onnx" / name, device="cpu", threads=threads, spin=False)
+    peers, precisions = openvino_runners(folder, threads)
+    found.update(peers)
+    for variant, path in medvit_variants(folder / "onnx").items():
+        classifier = Classifier.load(path, device="cpu", threads=threads, spin=False)
         found[f"medvit-edge {variant}"] = (classifier.run, classifier.predict_proba)
-    extras = {
-        "int8, offline fusions": folder / "onnx-fused" / "model.int8.onnx",
-        "int8, Optimum avx2 preset": folder / "onnx-optimum-avx2" / "model_quantized.onnx",
-        "int8, static QDQ S8S8": folder / "onnx-static-s8s8" / "model.onnx",
-    }
-    for name, path in extras.items():
-        extra = Classifier.load(path, device="cpu", threads=threads, spin=False, verify=False)
+    for name, path in ABLATIONS.items():
+        extra = Classifier.load(folder / path, device="cpu", threads=threads, spin=False, verify=False)
         found[f"medvit-edge {name}"] = (extra.run, extra.predict_proba)
-    return found
+    return found, precisions
+
+
+# Files of earlier levers measured beside the variants (see BENCHMARKS.md for why each was dropped).
+ABLATIONS = {
+    "int8, offline fusions": "onnx-fused/model.int8.onnx",
+    "int8, Optimum avx2 preset": "onnx-optimum-avx2/model_quantized.onnx",
+    "int8, static QDQ S8S8": "onnx-static-s8s8/model.onnx",
+}
+
+
+def throughput(folder: Path, threads: int, pixels: np.ndarray, images: int, rounds: int) -> dict[str, float]:
+    """images/s with every core busy: OpenVINO peers (THROUGHPUT hint, async queue) and every
+    medvit-edge variant (one single-thread Classifier per core); bench/throughput.py."""
+    peers = build_openvino_peers(folder)
+    makers: dict[str, Callable[[], Measure]] = {
+        name: (lambda path=path: openvino_throughput(path, threads, pixels, images))
+        for name, path in peers.items()
+    }
+    for variant, path in medvit_variants(folder / "onnx").items():
+        makers[f"medvit-edge {variant}"] = lambda path=path: classifier_throughput(
+            path, threads, pixels, images
+        )
+    return measure_throughput(makers, rounds)
 
 
 def interleaved(found: dict[str, Any], images: list[Image.Image], batch: int, rounds: int) -> dict[str, Any]:
@@ -282,6 +355,11 @@ def infer_vs_model(folder: Path, batch: int) -> dict[str, float]:
     }
 
 
+def fresh_processes(folder: Path) -> dict[str, dict[str, float]]:
+    image = BUSI / "benign" / "benign (1).png"
+    return {variant: fresh_process(path, image) for variant, path in medvit_variants(folder / "onnx").items()}
+
+
 def remeasure_fresh_processes(root: Path) -> None:
     """Re-run the cold-start / peak-RSS probes into an existing speed.json, and re-render."""
     from bench.common import RESULTS
@@ -289,14 +367,40 @@ def remeasure_fresh_processes(root: Path) -> None:
 
     results = json.loads((RESULTS / "speed.json").read_text())
     for size, data in results["models"].items():
-        folder = root / f"vit-{size}"
-        data["fresh_process"] = {
-            v: fresh_process(folder / "onnx" / f, BUSI / "benign" / "benign (1).png")
-            for v, f in VARIANT_FILES.items()
-        }
+        data["fresh_process"] = fresh_processes(root / f"vit-{size}")
     results["import_medvit_edge_runtime_s"] = import_time()
     save_json("speed", results)
     write_section(results)
+
+
+def measure_model(size: str, args: argparse.Namespace, images: list[Image.Image]) -> dict[str, Any]:
+    """Every measurement of one model size (its files built first, or reused)."""
+    import gc
+
+    from medvit_edge.preprocess import PreprocessSpec, preprocess_batch
+
+    started = time.perf_counter()
+    folder = build_model(size, args.root)
+    build_s = time.perf_counter() - started
+    found, precisions = runners(folder, args.threads)
+    timing = interleaved(found, images, args.batch, args.rounds)
+    del found
+    gc.collect()  # the latency runners' memory is gone before the throughput runners load
+    pixels = preprocess_batch(images, PreprocessSpec())
+    rates = throughput(folder, args.threads, pixels, args.throughput_images, args.throughput_rounds)
+    sizes = {f"medvit-edge {v}": size_mb(p) for v, p in medvit_variants(folder / "onnx").items()}
+    sizes.update({name: size_mb(path) for name, path in build_openvino_peers(folder).items()})
+    return {
+        "ms_per_image": timing,
+        "images_per_s_all_cores": rates,
+        "throughput_images": args.throughput_images,
+        "throughput_rounds": args.throughput_rounds,
+        "openvino_inference_precision": precisions,
+        "fresh_process": fresh_processes(folder),
+        "infer_vs_model": infer_vs_model(folder, args.batch),
+        "sizes_mb": sizes,
+        "build_or_reuse_s": build_s,
+    }
 
 
 def main() -> None:
@@ -307,9 +411,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--throughput-images", type=int, default=16, help="images per throughput run")
+    # each throughput run is a long one already; 3 rounds keep `--models base` under 15 min
+    parser.add_argument("--throughput-rounds", type=int, default=3)
     parser.add_argument("--root", type=Path, default=REPO / "models" / "bench")
     parser.add_argument("--fresh-only", action="store_true", help="re-measure only the fresh-process rows")
+    parser.add_argument(
+        "--no-write",
+        dest="write",
+        action="store_false",
+        help="busy machine: save results/speed-scratch.json and print the tables; BENCHMARKS.md untouched",
+    )
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("bench", "medvit_edge", "nncf"):  # progress; onnxruntime's quantizer stays quiet
+        logging.getLogger(name).setLevel(logging.INFO)
     if args.fresh_only:
         remeasure_fresh_processes(args.root)
         return
@@ -321,27 +437,22 @@ def main() -> None:
         "batch": args.batch,
         "models": {},
     }
+    started = time.perf_counter()
     big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 500, 3), dtype=np.uint8))
     results["preprocessing_ms_500x600"] = preprocessing_ms(big)
     results["import_medvit_edge_runtime_s"] = import_time()
     for size in args.models:
-        folder = build_model(size, args.root)
-        timing = interleaved(runners(folder, args.threads), images, args.batch, args.rounds)
-        fresh = {
-            v: fresh_process(folder / "onnx" / f, BUSI / "benign" / "benign (1).png")
-            for v, f in VARIANT_FILES.items()
-        }
-        results["models"][size] = {
-            "ms_per_image": timing,
-            "fresh_process": fresh,
-            "infer_vs_model": infer_vs_model(folder, args.batch),
-            "sizes_mb": {v: (folder / "onnx" / f).stat().st_size / 1e6 for v, f in VARIANT_FILES.items()},
-        }
+        results["models"][size] = measure_model(size, args, images)
         print(json.dumps(results["models"][size], indent=1), file=sys.stderr)
-    save_json("speed", results)
-    from bench.speed_report import write_section
+    results["wall_s"] = time.perf_counter() - started
+    from bench.speed_report import render, write_section
 
-    write_section(results)
+    if args.write:
+        save_json("speed", results)
+        write_section(results)
+    else:
+        print(f"scratch results: {save_json('speed-scratch', results)}", file=sys.stderr)
+        print(render(results))
 
 
 if __name__ == "__main__":

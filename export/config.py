@@ -6,10 +6,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from medvit_edge.decision import parse_operating_point
 from medvit_edge.errors import UserError
 from medvit_edge.int8_target import TARGETS, Int8Target, detect_target
 from medvit_edge.options import validate_literals
 from medvit_edge.variants import VARIANTS, Tolerance
+
+from .openvino_config import OpenVinoInt8Config, check_installed
 
 Int8Mode = Literal["dynamic", "static"]
 # portable (the default): 7-bit weights, right on every CPU; auto: the CPU that exports, which is
@@ -82,12 +85,21 @@ class ExportConfig:
     opset: int | None = None
     # a raw-input twin of every variant (model.raw.onnx ...): uint8 RGB in, preprocessing in the graph
     raw_input: bool = False
+    # model.explain.onnx: fp32 plus every layer's attention probabilities, for infer --overlays
+    explain: bool = False
+    # OpenVINO IR beside the ONNX files: model.openvino.xml, + model.openvino-int8.xml with --int8
+    openvino: bool = False
+    openvino_int8: OpenVinoInt8Config = field(default_factory=OpenVinoInt8Config)  # NNCF's levers
     batch_size: int = 16  # PyTorch reference batch
     tolerances: dict[str, Tolerance] = field(default_factory=default_tolerances)
     # validation images copied into onnx/golden/ with every variant's expected outputs, for
     # `medvit-edge check` (0: none; they are real, possibly patient, images that get deployed)
     golden_images: int = 3
     model_version: int | None = None  # default: the model card's model_version, else 1 (export/card.py)
+    # decision policy (medvit_edge.decision), fitted once on the validation images' PyTorch logits
+    operating_points: tuple[str, ...] = ()  # e.g. "malignant-sensitivity=0.95"; the first is applied
+    refer_risk: float | None = None  # refer when unsure: at most this error among accepted cases
+    calibrate: bool = True  # temperature scaling (validation NLL)
 
     def __post_init__(self) -> None:
         if isinstance(self.int8, str):  # the old spelling int8="dynamic" / "static"
@@ -107,6 +119,13 @@ class ExportConfig:
                 f"got --opset {self.opset}"
             )
         self.tolerances = {**default_tolerances(), **self.tolerances}
+        if self.openvino:
+            check_installed()
+        self.operating_points = tuple(self.operating_points)
+        for spec in self.operating_points:
+            parse_operating_point(spec)  # a bad spelling fails before the model is loaded
+        if self.refer_risk is not None and not 0 <= self.refer_risk < 1:
+            raise UserError(f"--refer-risk must be in [0, 1), got {self.refer_risk:g}")
 
     @property
     def int8_config(self) -> Int8Config:
@@ -116,4 +135,6 @@ class ExportConfig:
         """Rows of the variants table to build, in order (fp32 always: the others derive from it)."""
         names = ["fp32"] + (["fp16"] if self.fp16 else [])
         names += [f"int8-{self.int8_mode}"] if self.int8 else []
-        return names + ([f"{name}-raw" for name in names] if self.raw_input else [])
+        names += [f"{name}-raw" for name in names] if self.raw_input else []
+        names += ["openvino-fp32"] + (["openvino-int8"] if self.int8 else []) if self.openvino else []
+        return names + (["explain"] if self.explain else [])

@@ -29,11 +29,12 @@ if TYPE_CHECKING:
 Build = Callable[[tuple[str, ...]], dict[str, Any]]
 
 
-def guarded_int8(exporter: Exporter, variant: Variant) -> VariantRecord:
+def guarded_int8(exporter: Exporter, variant: Variant, build: Build | None = None) -> VariantRecord:
     """Full int8 first; if it fails, keep 1, 2, 4 ... of the most sensitive layers in float until
-    one passes, else keep the attempt closest to PyTorch."""
+    one passes, else keep the attempt closest to PyTorch. ``build`` makes one attempt (default:
+    onnxruntime's quantizer for the variant; export/openvino.py passes NNCF's)."""
     cfg, int8 = exporter.cfg, exporter.cfg.int8_config
-    build = _builder(exporter, variant, int8)
+    build = build or _builder(exporter, variant, int8)
     record = _attempt(exporter, variant, build, ())
     if record.status == "passed" or not cfg.int8_guard_search:
         return record
@@ -84,6 +85,8 @@ def calibration_pixels(exporter: Exporter) -> np.ndarray:
     """Default: the run's training images (never the validation images we judge on)."""
     cfg = exporter.cfg
     images = choose_images(cfg, "train", cfg.calibration_data, None)
+    if any(image.split == "train" for image in images):  # a split CSV: never its validation/test rows
+        images = [image for image in images if image.split == "train"]
     rng = np.random.default_rng(0)
     picks = rng.choice(len(images), min(cfg.calibration_size, len(images)), replace=False)
     decoded = [read_labelled_image(images[i].path, images[i].frame) for i in sorted(picks)]

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,17 @@ from medvit_edge.errors import UserError
 from medvit_edge.files import sha256_file
 from medvit_edge.manifest import MANIFEST_NAME, Manifest, Validation, VariantRecord
 from medvit_edge.metadata import ModelMetadata
+from medvit_edge.recommend import recommend
 from medvit_edge.runtime import Classifier
 from medvit_edge.variants import VARIANTS, Variant
 
 from .card import read_governance, write_folder_card
 from .config import ExportConfig
+from .explain import add_attention_outputs
 from .golden import write_golden
 from .int8 import guarded_int8
+from .openvino import build_openvino_fp32, openvino_int8_builder, write_ir_metadata
+from .policy import export_policy
 from .raw import add_raw_input, check_spec
 from .validate import compare, load_validation_set, torch_logits
 from .variants import fix_input_shape, hf_to_onnx, onnx_to_fp16, optimize_onnx, write_metadata
@@ -61,7 +65,10 @@ def export(cfg: ExportConfig) -> ExportResult:
     with tempfile.TemporaryDirectory() as scratch:
         exporter.scratch = Path(scratch)
         records = [exporter.build(VARIANTS[name]) for name in cfg.requested_variants()]
-    manifest = write_golden(exporter, exporter.manifest(records))  # + onnx/golden/ for `check`
+    assert cfg.output is not None
+    records, recommended = recommend(cfg.output, records)  # each passed variant timed on this machine
+    manifest = replace(exporter.manifest(records), recommended=recommended)
+    manifest = write_golden(exporter, manifest)  # + onnx/golden/ for `check`
     manifest.write(cfg.output)
     write_folder_card(cfg.output, manifest, exporter.governance)
     result = ExportResult(cfg.output, manifest)
@@ -93,6 +100,7 @@ class Exporter:
         self.validation = load_validation_set(cfg, self.spec, self.labels)
         logger.info("validating on %d images from %s", len(self.validation.keys), self.validation.source)
         self.reference = torch_logits(model, self.validation.pixels, cfg.batch_size)
+        self.policy = export_policy(cfg, self.reference, self.validation, self.labels)  # one for all
         self.source_sha256 = sha256_file(weights[0])
         self.versions = _versions()
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -155,6 +163,21 @@ class Exporter:
     def int8_static_raw(self, variant: Variant) -> VariantRecord:
         return self.raw_twin(variant)
 
+    def explain(self, variant: Variant) -> VariantRecord:
+        """The unfused fp32 graph with each layer's attention probabilities as extra outputs
+        after the logits (export/explain.py); validated like fp32."""
+        started = time.perf_counter()
+        add_attention_outputs(self.unfused_path, self.path(variant), self.num_heads)
+        return self.finish(variant, started)
+
+    def openvino_fp32(self, variant: Variant) -> VariantRecord:
+        """model.onnx as an OpenVINO IR (export/openvino.py)."""
+        return build_openvino_fp32(self, variant)
+
+    def openvino_int8(self, variant: Variant) -> VariantRecord:
+        """NNCF post-training int8 of the IR, under the int8 guard (NNCF's ignored scope)."""
+        return guarded_int8(self, variant, openvino_int8_builder(self, variant))
+
     def raw_twin(self, variant: Variant) -> VariantRecord:
         """The base variant's file (as built above) with the preprocessing graph in front and a
         softmax behind (export/raw.py); validated on the decoded images against PyTorch on the
@@ -182,8 +205,9 @@ class Exporter:
             quantization=quantization or {},
             input=variant.input,
             **self.governance.metadata_fields(),
+            policy=self.policy,
         )
-        write_metadata(path, metadata)
+        (write_ir_metadata if path.suffix == ".xml" else write_metadata)(path, metadata)
         seconds = time.perf_counter() - started
         classifier = Classifier.load(path, device="cpu", verify=False)  # hashes the file it loads
         check = self.validate(variant, classifier)
@@ -201,10 +225,11 @@ class Exporter:
             variant=variant.name,
             status=status,
             sha256=classifier.sha256,  # of the very bytes that were validated
-            size_bytes=path.stat().st_size,
+            size_bytes=path.stat().st_size + sum(c.size_bytes for c in classifier.companions),
             export_seconds=round(seconds, 2),
             validation=check,
             quantization=quantization or {},
+            companions=classifier.companions,  # an IR's weights, as validated
         )
 
     def validate(self, variant: Variant, classifier: Classifier) -> Validation:
@@ -240,6 +265,7 @@ class Exporter:
             },
             graph_fusions=self.fusions,
             variants=tuple(records),
+            decision_policy=self.policy,
         )
 
 
@@ -254,6 +280,8 @@ def _versions() -> dict[str, str]:
         "onnx",
         "onnxruntime",
         "onnxruntime-gpu",
+        "openvino",
+        "nncf",
     ):
         try:
             versions[package] = importlib_metadata.version(package)

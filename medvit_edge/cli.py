@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from medvit_edge.commands import reports, run, stages
+from medvit_edge.commands import benchmark, reports, run, stages
 from medvit_edge.commands.common import require  # noqa: F401  (the stage check, for scripts and tests)
 from medvit_edge.errors import EXIT_UNUSABLE, UserError, printable
 
@@ -101,6 +101,7 @@ for command in (
     reports.evaluate,
     run.info,
     run.check,
+    benchmark.benchmark,
     reports.demo,
     reports.serve_dicom,
 ):

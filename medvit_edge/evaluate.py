@@ -17,19 +17,52 @@ from typing import Any
 
 import numpy as np
 
+from medvit_edge.decision import DecisionPolicy
+from medvit_edge.decision_report import (
+    CalibrationComparison,
+    DecisionSummary,
+    VariantDecisions,
+    decision_disagreements,
+    describe_policy,
+    evaluate_policy,
+    proportion,
+)
 from medvit_edge.errors import UserError
 from medvit_edge.images import ImageDecodeError
 from medvit_edge.labelled import SPLIT_ALIASES, LabelledImage, read_labelled_set
 from medvit_edge.manifest import Manifest, to_json_dict
-from medvit_edge.metrics import auc_one_vs_rest, bootstrap_ci, calibration, classification_metrics, softmax
+from medvit_edge.metrics import (
+    auc_one_vs_rest,
+    bootstrap_auc_and_balanced_accuracy,
+    calibration,
+    classification_metrics,
+    softmax,
+    wilson_interval,
+)
+from medvit_edge.openvino_backend import INSTALL_HINT as OPENVINO_HINT
+from medvit_edge.openvino_backend import backend_installed
 from medvit_edge.preprocess import PreprocessSpec, preprocess_batch
 from medvit_edge.reader import read_labelled_image
 from medvit_edge.runtime import Classifier
 from medvit_edge.system import machine_line, rss_mb
 from medvit_edge.timing import measure_latency
-from medvit_edge.variants import file_names
+from medvit_edge.variants import file_names, tool_files
 
 logger = logging.getLogger(__name__)
+BOOTSTRAP = "percentile bootstrap (images resampled)"
+# Which interval each reported quantity gets: closed-form Wilson for every proportion (honest at
+# 0/n and n/n), the bootstrap only where no closed form exists.
+INTERVAL_METHODS = {
+    "accuracy": "wilson",
+    "recall (sensitivity)": "wilson",
+    "specificity": "wilson",
+    "operating-point sensitivity/specificity": "wilson",
+    "coverage": "wilson",
+    "accepted accuracy": "wilson",
+    "decision agreement": "wilson",
+    "balanced accuracy": BOOTSTRAP,
+    "auc": BOOTSTRAP,
+}
 
 
 @dataclass
@@ -69,6 +102,7 @@ class EvaluatedModel:
     logits: Callable[[Any], np.ndarray]
     load_memory_mb: float = 0.0  # resident memory added by loading it
     raw: bool = False  # takes RGB uint8 (H, W, 3) images, not preprocessed tensors
+    policy: DecisionPolicy = field(default_factory=DecisionPolicy)  # the PyTorch one borrows a file's
 
 
 @dataclass
@@ -96,6 +130,12 @@ class VariantEvaluation:
     parity_reference: str = ""
     max_abs_logit_diff: float = 0.0
     top1_agreement: float = 1.0
+    # 95% intervals: Wilson for proportions, percentile bootstrap for AUC and balanced accuracy
+    balanced_accuracy_ci: tuple[float, float] | None = None
+    specificity_ci: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    auc_ci: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    calibration: CalibrationComparison | None = None  # before/after the stored temperature
+    decision: DecisionSummary | None = None  # what its stored policy decides
 
     def to_dict(self) -> dict[str, Any]:
         return to_json_dict(self)
@@ -115,6 +155,11 @@ class EvaluationReport:
     disagreements: list[dict[str, Any]] = field(default_factory=list)
     data_flags: dict[str, Any] = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
+    interval_methods: dict[str, str] = field(default_factory=lambda: dict(INTERVAL_METHODS))
+    policy: dict[str, Any] = field(default_factory=dict)  # the reference's stored decision policy
+    decision_reference: str = ""  # decisions are compared with this variant's
+    decision_disagreements: list[dict[str, Any]] = field(default_factory=list)
+    policy_mismatch: list[str] = field(default_factory=list)  # variants storing another policy
 
     def to_dict(self) -> dict[str, Any]:
         return to_json_dict(self)
@@ -128,15 +173,17 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     images, pixels, skipped, frames = _load_images(cfg, spec, labels, any(m.raw for m in models))
     index = {label: i for i, label in enumerate(labels)}
     truth = np.array([index[i.label] for i in images])
-    rows, all_logits = [], {}
+    rows, all_logits, outcomes = [], {}, {}
     for model in models:
         logger.info("evaluating %s", model.name)
         inputs = frames if model.raw else pixels
         all_logits[model.name] = model.logits(inputs).astype(np.float32)
-        rows.append(_row(model, all_logits[model.name], truth, labels, inputs, cfg))
+        outcomes[model.name] = evaluate_policy(all_logits[model.name], truth, labels, model.policy)
+        rows.append(_row(model, all_logits[model.name], truth, labels, inputs, cfg, outcomes[model.name]))
     reference = rows[0].variant
     for row in rows:
         _add_parity(row, all_logits[reference], all_logits[row.variant], reference)
+    policies = {model.name: model.policy for model in models}
     report = EvaluationReport(
         run_dir=str(cfg.run_dir),
         data=str(cfg.data or cfg.run_dir / "split.csv"),
@@ -150,9 +197,36 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
         disagreements=_disagreements(images, all_logits, reference, labels),
         data_flags=_data_flags(images),
     )
+    _add_decisions(report, images, all_logits, outcomes, policies)
     assert cfg.output is not None
-    write_report(report, all_logits, truth, cfg.output, plots=cfg.plots)
+    write_report(report, all_logits, truth, cfg.output, plots=cfg.plots, policies=policies)
     return report
+
+
+def _add_decisions(
+    report: EvaluationReport,
+    images: list[LabelledImage],
+    all_logits: dict[str, np.ndarray],
+    outcomes: dict[str, VariantDecisions],
+    policies: dict[str, Any],
+) -> None:
+    """Each variant's decisions against the fp32 file's (the deployed full-precision model;
+    the reference when there is no fp32 file): how many agree, and which images differ."""
+    names = [row.variant for row in report.variants]
+    reference = "fp32" if "fp32" in names else report.reference
+    decided = {name: outcomes[name].decisions for name in names}
+    for row in report.variants:
+        same = sum(a == b for a, b in zip(decided[row.variant], decided[reference]))
+        assert row.decision is not None
+        row.decision.agreement = proportion(same, len(images))
+        row.decision.reference = reference
+    report.decision_reference = reference
+    report.policy = describe_policy(policies[reference], reference)  # the variant it came from
+    report.policy_mismatch = [name for name in names if policies[name] != policies[reference]]
+    calibrated = {name: np.asarray(policies[name].probabilities(all_logits[name])) for name in names}
+    report.decision_disagreements = decision_disagreements(
+        [i.key for i in images], [i.label for i in images], decided, calibrated, reference
+    )
 
 
 def load_models(cfg: EvaluateConfig) -> tuple[list[EvaluatedModel], list[str], PreprocessSpec]:
@@ -165,20 +239,39 @@ def load_models(cfg: EvaluateConfig) -> tuple[list[EvaluatedModel], list[str], P
         entries = [(record.file, record.status) for record in manifest.variants]
     else:
         entries = [(name, "unknown") for name in file_names() if (cfg.onnx_dir / name).is_file()]
+    entries = [(name, status) for name, status in entries if name not in tool_files()]  # not explain
     if not entries:
         raise UserError(f"{cfg.onnx_dir}: no ONNX variants; run `medvit-edge export` first")
     models = []
     for file_name, status in entries:
         path = cfg.onnx_dir / file_name
+        if not backend_installed(path):  # an OpenVINO IR on a machine without OpenVINO
+            logger.warning("%s: skipped: %s", path, OPENVINO_HINT)
+            continue
         before = rss_mb()
         classifier = Classifier.load(path, device="cpu", threads=cfg.threads)
         loaded = max(rss_mb() - before, 0.0)
-        run = classifier.run_raw if classifier.raw_input else classifier.run
-        size = path.stat().st_size
-        models.append(EvaluatedModel(classifier.variant, status, size, run, loaded, classifier.raw_input))
+        run = classifier.run_raw if classifier.raw_input else classifier.run  # raw logits
+        size = path.stat().st_size + sum(c.size_bytes for c in classifier.companions)  # + an IR's .bin
+        models.append(
+            EvaluatedModel(
+                classifier.variant,
+                status,
+                size,
+                run,
+                loaded,
+                classifier.raw_input,
+                classifier.metadata.policy,
+            )
+        )
+    if not models:
+        raise UserError(f"{cfg.onnx_dir}: no variant can run here ({OPENVINO_HINT} for the IRs)")
     labels, spec = classifier.labels, classifier.spec
     torch_model = _pytorch_model(cfg) if cfg.pytorch else None
     if torch_model is not None:
+        # export fits the policy on the PyTorch model's validation logits and stamps the same
+        # one into every file, so the reference decides with the first file's policy
+        torch_model.policy = models[0].policy
         models.insert(0, torch_model)
     return models, labels, spec
 
@@ -248,11 +341,14 @@ def _row(
     labels: list[str],
     pixels: np.ndarray | list[np.ndarray],
     cfg: EvaluateConfig,
+    outcome: VariantDecisions,
 ) -> VariantEvaluation:
-    probabilities = softmax(logits)
+    # the runtime's (calibrated) probabilities; temperature scaling never changes the argmax
+    probabilities = np.asarray(model.policy.probabilities(logits))
     predicted = probabilities.argmax(axis=1)
     metrics = classification_metrics(truth, predicted, labels)
-    ci = bootstrap_ci(truth, predicted, len(labels), samples=cfg.bootstrap_samples)
+    intervals = _proportion_intervals(np.asarray(metrics["confusion_matrix"]), labels)
+    boot = bootstrap_auc_and_balanced_accuracy(truth, probabilities, samples=cfg.bootstrap_samples)
     before = rss_mb()
     latency = measure_latency(lambda i: model.logits(pixels[i % len(pixels)][None]), cfg.latency_runs)
     assert cfg.throughput_batch is not None
@@ -261,11 +357,11 @@ def _row(
         status=model.status,
         size_mb=model.size_bytes / 1e6,
         accuracy=metrics["accuracy"],
-        accuracy_ci=tuple(ci["accuracy"]),  # type: ignore[arg-type]
+        accuracy_ci=intervals["accuracy"],
         balanced_accuracy=metrics["balanced_accuracy"],
         macro_f1=metrics["macro_f1"],
         recall={label: metrics["per_class"][label]["recall"] for label in labels},
-        recall_ci=dict(zip(labels, (tuple(c) for c in ci["recall"]))),  # type: ignore[arg-type]
+        recall_ci=intervals["recall"],
         specificity={label: metrics["per_class"][label]["specificity"] for label in labels},
         auc=dict(zip(labels, auc_one_vs_rest(truth, probabilities))),
         ece=calibration(probabilities, truth)["ece"],
@@ -275,7 +371,30 @@ def _row(
         memory_mb=model.load_memory_mb + max(rss_mb() - before, 0.0),
         throughput_batch=cfg.throughput_batch,
         throughput_ips=_throughput(model.logits, pixels, cfg.throughput_batch),
+        balanced_accuracy_ci=boot["balanced_accuracy"],
+        specificity_ci=intervals["specificity"],
+        auc_ci=dict(zip(labels, boot["auc"])),
+        calibration=outcome.calibration,
+        decision=outcome.summary,
     )
+
+
+def _proportion_intervals(matrix: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Wilson intervals for accuracy and each class's recall and specificity, from the confusion
+    matrix's counts."""
+    total = int(matrix.sum())
+    hits = np.diag(matrix)
+    support, called = matrix.sum(axis=1), matrix.sum(axis=0)
+    negatives = total - support
+    true_negatives = total - support - called + hits
+    return {
+        "accuracy": wilson_interval(int(hits.sum()), total),
+        "recall": {label: wilson_interval(int(hits[k]), int(support[k])) for k, label in enumerate(labels)},
+        "specificity": {
+            label: wilson_interval(int(true_negatives[k]), int(negatives[k]))
+            for k, label in enumerate(labels)
+        },
+    }
 
 
 def _add_parity(row: VariantEvaluation, reference: np.ndarray, logits: np.ndarray, name: str) -> None:

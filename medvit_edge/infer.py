@@ -35,10 +35,12 @@ from medvit_edge.decoding import decode_file, decoded_in_order
 from medvit_edge.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE, ModelLoadError, UserError, printable
 from medvit_edge.inputs import InputFile, collect_inputs
 from medvit_edge.manifest import manifest_entry
-from medvit_edge.metrics import classification_metrics, softmax
+from medvit_edge.metrics import classification_metrics
+from medvit_edge.openvino_backend import backend_installed
 from medvit_edge.options import validate_literals
 from medvit_edge.output import Writer, format_predictions, write_predictions
 from medvit_edge.progress import Progress
+from medvit_edge.recommend import recommended_file
 from medvit_edge.runtime import Classifier
 from medvit_edge.variants import DEPLOY_PREFERENCE, VARIANTS, Device
 
@@ -76,6 +78,8 @@ class InferConfig:
     progress: bool = True
     dicom_out: Path | None = None  # a folder: one DICOM SR per classified DICOM input (dicom_out)
     audit_log: Path | None = None  # append-only JSONL, a line per prediction (medvit_edge.audit)
+    overlays: Path | None = None  # a folder: one heat-map PNG per classified image (overlays)
+    explain_model: Path | None = None  # default: model.explain.onnx beside the model
 
     def __post_init__(self) -> None:
         validate_literals(self)
@@ -95,11 +99,13 @@ class InferSummary:
     skipped: str = ""  # what the folder walk passed over, e.g. "3 skipped: 2 BUSI mask, 1 hidden"
     reports: list[Path] = field(default_factory=list)  # DICOM SRs written (--dicom-out)
     report_failures: int = 0  # DICOM inputs whose SR could not be made (each in errors)
+    overlays: list[Path] = field(default_factory=list)  # heat-map PNGs written (--overlays)
+    overlay_failures: int = 0  # classified inputs whose overlay could not be made (each in errors)
 
     @property
     def exit_code(self) -> int:
         # no input at all is a failure too: a typo in a folder name must not look like success
-        failed = self.failed_files or self.report_failures or not self.files
+        failed = self.failed_files or self.report_failures or self.overlay_failures or not self.files
         return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -111,17 +117,24 @@ class OutputWriteError(UserError):
         self.summary = summary
 
 
-def resolve_model_path(path: Path) -> Path:
+def resolve_model_path(path: Path, device: str = "auto") -> Path:
     """A model file as is; a run folder or its ``onnx/`` folder -> the file to run there.
 
-    The first variant of ``DEPLOY_PREFERENCE`` (fastest on a CPU first) whose file is present
+    The manifest's recommended variant (the fastest that passed, timed by export) wins when its
+    file is there and this CPU has the export machine's ISA (medvit_edge/recommend.py). Else the
+    first variant of ``DEPLOY_PREFERENCE`` (fastest on a CPU first) whose file is present
     wins, but a quantized or half-precision file only when manifest.json says it passed
     validation; fp32, the reference, is trusted without a manifest. A file the manifest marks
     failed is never picked. A folder with none is a ``ModelLoadError`` listing its ``.onnx``
-    files."""
+    files. The recommendation was timed on a CPU: with ``device`` cuda/tensorrt it is ignored."""
     if not path.is_dir():
         return path  # a missing file is reported by Classifier.load
     folder = path / "onnx" if (path / "onnx").is_dir() else path
+    recommended = recommended_file(folder)  # ModelLoadError when the manifest is unusable
+    usable = recommended is not None and backend_installed(recommended)  # not an IR without OpenVINO
+    if usable and device in ("auto", "cpu"):
+        assert recommended is not None
+        return recommended
     names = list(dict.fromkeys(VARIANTS[v].file_name for v in DEPLOY_PREFERENCE))
     for name in names:
         candidate = folder / name
@@ -146,6 +159,8 @@ def check_arguments(cfg: InferConfig) -> None:
         raise UserError(f"--threads must be 0 (all cores) or more, got {cfg.threads}")
     if cfg.decode_workers < 1:
         raise UserError(f"decode_workers must be at least 1, got {cfg.decode_workers}")
+    if cfg.explain_model is not None and cfg.overlays is None:
+        raise UserError("--explain-model goes with --overlays")
 
 
 def check_output(output: Path, inputs: list[Path], formats: tuple[str, ...] = OUTPUT_FORMATS) -> None:
@@ -282,7 +297,7 @@ class _Batcher:
         else:  # only error rows are pending
             logits = np.empty((0, len(self.classifier.labels)), np.float32)
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are reported below
-            probabilities = softmax(logits)
+            probabilities = self.classifier.policy.probabilities(logits)  # calibrated
         finite = np.isfinite(logits).all(axis=1) & np.isfinite(probabilities).all(axis=1)
         position = 0
         for file_index, row, tensor in self.pending:
@@ -290,6 +305,7 @@ class _Batcher:
                 if finite[position]:
                     prediction = self.classifier.to_prediction(probabilities[position])
                     row["label"] = prediction.label
+                    row["decision"] = prediction.decision  # the policy's: a label or "refer"
                     row.update(prediction.probabilities)
                 else:  # a NaN must never come out as a label (argmax of NaNs is class 0)
                     row["error"] = f"{row['path']}: {NON_FINITE}"
@@ -319,6 +335,11 @@ def infer(cfg: InferConfig, classifier: Classifier | None = None) -> InferSummar
 
         check_report_folder(cfg.dicom_out)
     classifier = classifier or _load_classifier(cfg)
+    overlays = None
+    if cfg.overlays is not None:  # the explainability model and the folder, checked first
+        from medvit_edge.overlays import prepare_overlays
+
+        overlays = prepare_overlays(cfg, classifier, items)
     rows, failed = _classify_audited(items, classifier, cfg)
     truth = truth_csv if truth_csv is not None else truth_from_folders(items, classifier.labels)
     summary = InferSummary(
@@ -340,6 +361,9 @@ def infer(cfg: InferConfig, classifier: Classifier | None = None) -> InferSummar
         model = ModelIdentity.of(classifier)
         summary.reports, errors = write_reports(summary.rows, summary.labels, model, cfg.dicom_out)
         summary.report_failures, summary.errors = len(errors), summary.errors + errors
+    if overlays is not None:  # one PNG per classified image; a failure is exit 1
+        summary.overlays, errors = overlays.write(summary.rows, summary.labels)
+        summary.overlay_failures, summary.errors = len(errors), summary.errors + errors
     return summary
 
 
@@ -360,7 +384,7 @@ def _classify_audited(
 
 
 def _load_classifier(cfg: InferConfig) -> Classifier:
-    path = resolve_model_path(cfg.model)
+    path = resolve_model_path(cfg.model, cfg.device)
     classifier = Classifier.load(path, device=cfg.device, threads=cfg.threads, verify=cfg.verify)
     if path != cfg.model:  # a folder was given: say which file of it runs
         print(f"using {printable(path)} ({printable(classifier.variant)})", file=sys.stderr, flush=True)
@@ -373,7 +397,7 @@ def classify_files(
     """Every input through the model: rows in input order, and the failed files' first errors.
     Rows carry the DICOM identifiers (empty for other files) and, with ``digest``, the input's
     sha256 (``input_sha256``, for the audit log; not an output column)."""
-    base = {"variant": classifier.variant, "model_sha256": classifier.sha256 or ""}
+    base = {"variant": classifier.variant, "model_sha256": classifier.sha256 or "", "decision": ""}
     batcher = _Batcher(classifier, cfg.batch_size)
     progress = Progress(len(items), unit="files", enabled=cfg.progress)
     window = max(cfg.batch_size * 2, 8)

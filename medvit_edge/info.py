@@ -1,7 +1,8 @@
 """``medvit-edge info MODEL``: what an exported file is, from the file itself.
 
 Labels, variant, graph inputs and outputs, preprocessing, quantization (mode, target, weight
-bits, and whether this CPU computes it exactly), ONNX opset, IR version and producer, sha256
+bits, and whether this CPU computes it exactly), the decision policy (temperature, operating
+points, refer rule), ONNX opset, IR version and producer, sha256
 and its status in ``manifest.json``, versions, provenance and the governance fields (model
 name and version, intended use, contraindications, notice, licence).
 
@@ -15,16 +16,21 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from medvit_edge.decision import DecisionPolicy
 from medvit_edge.errors import ModelLoadError, printable
 from medvit_edge.golden import GOLDEN_FOLDER, GOLDEN_INDEX
 from medvit_edge.int8_target import TARGETS, host_kind, target_warning, weight_bits
 from medvit_edge.manifest import Manifest
 from medvit_edge.metadata import GOVERNANCE_KEYS, MetadataError, ModelMetadata
+from medvit_edge.openvino_backend import backend_installed
 from medvit_edge.runtime import hash_model_file, import_onnxruntime
+
+logger = logging.getLogger(__name__)
 
 # ModelProto field numbers (onnx.proto): the small top-level fields read here.
 _IR_VERSION, _PRODUCER, _PRODUCER_VERSION, _DOMAIN, _MODEL_VERSION, _DOC, _OPSET = 1, 2, 3, 4, 5, 6, 8
@@ -33,11 +39,14 @@ _IR_VERSION, _PRODUCER, _PRODUCER_VERSION, _DOMAIN, _MODEL_VERSION, _DOC, _OPSET
 def model_info(path: Path) -> dict[str, Any]:
     """Everything ``info`` shows about one model file, as JSON-ready values."""
     sha256, _ = hash_model_file(path)  # ModelLoadError when missing or unreadable
+    if path.suffix.lower() == ".xml":
+        return _ir_info(path, sha256)
     session = _session(path)
     meta = session.get_modelmeta()
     props = dict(meta.custom_metadata_map)
     info: dict[str, Any] = {"file": str(path), "size_bytes": path.stat().st_size, "sha256": sha256}
     info["manifest"] = _manifest_status(path, sha256)
+    info["speed"] = _speed(path)
     info.update(_metadata_fields(props, path))
     info["inputs"] = [_tensor(t) for t in session.get_inputs()]
     info["outputs"] = [_tensor(t) for t in session.get_outputs()]
@@ -54,12 +63,34 @@ def model_info(path: Path) -> dict[str, Any]:
     return info
 
 
+def _ir_info(path: Path, sha256: str) -> dict[str, Any]:
+    """An OpenVINO IR: the same fields, with its weights file and OpenVINO's version in place of
+    the ONNX header (medvit_edge/openvino_backend.py)."""
+    from medvit_edge.openvino_backend import ir_details
+
+    details = ir_details(path)
+    weights = details["weights"]
+    info: dict[str, Any] = {"file": str(path), "sha256": sha256}
+    info["size_bytes"] = path.stat().st_size + weights["size_bytes"]
+    info["manifest"] = _manifest_status(path, sha256, {weights["file"]: weights["sha256"]})
+    info["speed"] = _speed(path)
+    info.update(_metadata_fields(details["props"], path))
+    info["inputs"], info["outputs"] = details["inputs"], details["outputs"]
+    info["openvino"] = {**details["openvino"], "weights": weights}
+    info["golden"] = _golden(path)
+    return info
+
+
 def folder_info(folder: Path) -> dict[str, Any]:
-    """Every ONNX file of a model folder (a run folder means its ``onnx/``)."""
+    """Every ONNX file and OpenVINO IR of a model folder (a run folder means its ``onnx/``)."""
     folder = folder / "onnx" if (folder / "onnx").is_dir() else folder
-    files = sorted(folder.glob("*.onnx"))
+    files = sorted(folder.glob("*.onnx")) + sorted(folder.glob("*.xml"))
     if not files:
-        raise ModelLoadError(f"{folder}: no .onnx files here")
+        raise ModelLoadError(f"{folder}: no .onnx or .xml model files here")
+    runnable = [path for path in files if backend_installed(path)]
+    for path in sorted(set(files) - set(runnable)):  # a runtime-only install still reads the rest
+        logger.warning("%s: skipped (OpenVINO IR; pip install 'medvit-edge[openvino]' to read it)", path)
+    files = runnable or files  # nothing else: say why (the install hint) rather than "no files"
     return {"folder": str(folder), "models": [model_info(path) for path in files]}
 
 
@@ -95,6 +126,7 @@ def _metadata_fields(props: dict[str, str], path: Path) -> dict[str, Any]:
         "input_kind": metadata.input,
         "preprocess": metadata.preprocess.to_dict(),
         "quantization": quantization or None,
+        "decision_policy": metadata.policy.to_dict(),  # temperature, operating points, refer rule
         **{key: getattr(metadata, key) or None for key in GOVERNANCE_KEYS},
         "source_sha256": metadata.source_sha256 or None,
         "created": metadata.created or None,
@@ -103,8 +135,9 @@ def _metadata_fields(props: dict[str, str], path: Path) -> dict[str, Any]:
     }
 
 
-def _manifest_status(path: Path, sha256: str) -> dict[str, Any]:
-    """verified / mismatch / not listed / no manifest / unreadable, and the validation status."""
+def _manifest_status(path: Path, sha256: str, companions: dict[str, str] | None = None) -> dict[str, Any]:
+    """verified / mismatch / not listed / no manifest / unreadable, and the validation status;
+    ``companions`` (file name -> sha256: an IR's weights) must match the entry's too."""
     try:
         manifest = Manifest.read(path.parent)
     except ModelLoadError as exc:
@@ -114,8 +147,28 @@ def _manifest_status(path: Path, sha256: str) -> dict[str, Any]:
     entry = manifest.entry(path.name)
     if entry is None:
         return {"status": "not listed"}
-    status = "verified" if entry.sha256 == sha256 else "mismatch"
+    listed = {companion.file: companion.sha256 for companion in entry.companions}
+    same = entry.sha256 == sha256 and all(listed.get(k) == v for k, v in (companions or {}).items())
+    status = "verified" if same else "mismatch"
     return {"status": status, "validation": entry.status, "failures": list(entry.validation.failures)}
+
+
+def _speed(path: Path) -> dict[str, Any] | None:
+    """Export's batch-1 latency of this file and whether it is the recommended variant
+    (medvit_edge/recommend.py); None for manifests written before export measured it."""
+    try:
+        manifest = Manifest.read(path.parent)
+    except ModelLoadError:
+        return None  # the manifest status says why
+    entry = manifest.entry(path.name) if manifest else None
+    if manifest is None or entry is None or entry.latency_ms is None:
+        return None
+    chosen, file_name = manifest.recommended, path.name
+    recommended = chosen is not None and chosen.file == file_name
+    speed: dict[str, Any] = {"latency_ms": entry.latency_ms, "recommended": recommended}
+    if chosen is not None:
+        speed["measured_on"] = chosen.machine
+    return speed
 
 
 def _golden(path: Path) -> dict[str, Any] | None:
@@ -203,6 +256,11 @@ def format_info(info: dict[str, Any]) -> list[str]:
         f", validation {manifest['validation']}" if "validation" in manifest else ""
     )
     rows.append(("sha256", f"{info['sha256']} (manifest: {status})"))
+    speed = info.get("speed")
+    if speed:
+        chosen = "; RECOMMENDED: the fastest validated variant there" if speed["recommended"] else ""
+        where = speed.get("measured_on", "the export machine")
+        rows.append(("speed", f"{speed['latency_ms']:.1f} ms per image, batch 1, on {where}{chosen}"))
     golden = info.get("golden")
     if golden:
         rows.append(("golden", f"{golden.get('images', '?')} images (`medvit-edge check` on a new device)"))
@@ -234,6 +292,8 @@ def _described(info: dict[str, Any]) -> list[tuple[str, str]]:
         text = f"{quantization.get('mode')}, target {quantization.get('target')} ({described})"
         rows.append(("quantization", text))
         rows.append(("on this CPU", quantization["on_this_cpu"]))
+    if info.get("decision_policy") is not None:  # how probabilities become decisions
+        rows += DecisionPolicy.from_dict(info["decision_policy"], info["file"]).describe()
     rows += [
         ("source sha256", info.get("source_sha256") or "?"),
         ("created", info.get("created") or "?"),
@@ -251,6 +311,11 @@ def _tensor_text(tensor: dict[str, Any]) -> str:
 
 
 def _onnx_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    if "openvino" in info:
+        openvino, weights = info["openvino"], info["openvino"]["weights"]
+        made = f"IR from OpenVINO {openvino['runtime_version'] or '?'}; runs on {openvino['installed']}"
+        stored = f"{weights['file']} {weights['size_bytes'] / 1e6:.2f} MB, sha256 {weights['sha256']}"
+        return [("OpenVINO", made), ("weights", stored)]
     onnx = info["onnx"]
     opsets = ", ".join(f"{domain} {version}" for domain, version in onnx["opset"].items())
     producer = f"{onnx['producer']} {onnx['producer_version']}".strip()

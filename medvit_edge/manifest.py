@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from medvit_edge.decision import DecisionPolicy
 from medvit_edge.errors import ModelLoadError
 from medvit_edge.files import write_json_atomic
 from medvit_edge.options import literal_values
@@ -70,16 +71,43 @@ class GuardReport:
 
 
 @dataclass(frozen=True)
+class CompanionFile:
+    """A file a variant loads beside ``file`` (an OpenVINO IR's weights ``.bin``), checked at load
+    like the file itself."""
+
+    file: str
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
 class VariantRecord:
     file: str
     variant: str
     status: Status
     sha256: str
-    size_bytes: int
+    size_bytes: int  # every file of the variant together (``file`` and its companions)
     export_seconds: float
     validation: Validation
     quantization: dict[str, Any] = field(default_factory=dict)
     guard: GuardReport | None = None
+    # batch-1 ms per image through Classifier on the export machine (passed variants; absent in
+    # manifests written before export measured it): medvit_edge/recommend.py
+    latency_ms: float | None = None
+    companions: tuple[CompanionFile, ...] = ()  # absent in manifests written before OpenVINO
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The variant export recommends: the fastest that passed validation on the machine it was
+    measured on (``machine``; ``isa`` decides whether ``infer`` may trust it elsewhere)."""
+
+    variant: str
+    file: str
+    latency_ms: float
+    machine: str
+    isa: tuple[str, ...]
+    runs: int
 
 
 @dataclass(frozen=True)
@@ -107,6 +135,9 @@ class Manifest:
     graph_fusions: dict[str, int] = field(default_factory=dict)
     format: int = 1
     golden: GoldenRecord | None = None  # absent in manifests written before golden files
+    recommended: Recommendation | None = None  # absent before export measured latency
+    # the policy stamped into every variant (medvit_edge.decision); absent before issue 15
+    decision_policy: DecisionPolicy | None = None
 
     def entry(self, file_name: str) -> VariantRecord | None:
         return next((v for v in self.variants if v.file == file_name), None)
@@ -127,12 +158,16 @@ class Manifest:
             data = json.loads(path.read_bytes().decode("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelLoadError(f"{path}: unreadable manifest ({exc})") from exc
-        manifest = from_json_dict(cls, data, str(path))
+        try:
+            manifest = from_json_dict(cls, data, str(path))
+        except ValueError as exc:  # a record's own check (a decision policy's temperature ...)
+            raise ModelLoadError(f"{path}: {exc}") from exc
         for record in manifest.variants:
-            if not _plain_file_name(record.file):
-                raise ModelLoadError(
-                    f"{path}: entry {record.file!r} points outside the model folder; refusing it"
-                )
+            for name in (record.file, *(companion.file for companion in record.companions)):
+                if not _plain_file_name(name):
+                    raise ModelLoadError(
+                        f"{path}: entry {name!r} points outside the model folder; refusing it"
+                    )
         return manifest
 
 
@@ -185,6 +220,14 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         return _convert(next(a for a in args if a is not type(None)), value, where)
+    if annotation is DecisionPolicy:  # one strict reader for the policy, wherever it is stored
+        from medvit_edge.metadata import MetadataError
+        from medvit_edge.policy_json import policy_from_dict
+
+        try:
+            return policy_from_dict(value, where)
+        except MetadataError as exc:
+            raise ModelLoadError(str(exc)) from exc
     if dataclasses.is_dataclass(annotation):
         return from_json_dict(annotation, value, where)
     if origin is tuple:

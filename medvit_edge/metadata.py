@@ -22,6 +22,8 @@ A C++/C# integrator reads the same keys through onnxruntime's ``ModelMetadata``.
 | ``contraindications``     | from the model card                                          |
 | ``notice``                | the research-use notice                                      |
 | ``license``               | the weights' licence (model card)                            |
+| ``decision_policy``       | JSON ``DecisionPolicy``: temperature, operating points,      |
+|                           | refer rule (medvit_edge.decision); absent: T 1, argmax       |
 
 The last six (governance) are plain text; files exported before them lack them (read as "").
 """
@@ -32,6 +34,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from medvit_edge.decision import DecisionPolicy
 from medvit_edge.preprocess import PreprocessError, PreprocessSpec
 
 FORMAT_KEY = "medvit_edge.format"
@@ -48,6 +51,7 @@ InputKind = Literal["pixel-values-nchw", "raw-uint8-nhwc"]
 PIXEL_VALUES_INPUT: InputKind = "pixel-values-nchw"
 RAW_INPUT: InputKind = "raw-uint8-nhwc"
 GOVERNANCE_KEYS = ("model_name", "model_version", "intended_use", "contraindications", "notice", "license")
+POLICY_KEY = "decision_policy"
 RESEARCH_NOTICE = "Research use only. Not a medical device; not for diagnosis."
 
 
@@ -72,6 +76,8 @@ class ModelMetadata:
     contraindications: str = ""
     notice: str = ""
     license: str = ""
+    # how probabilities become decisions (issue 15): the same in every variant of an export
+    policy: DecisionPolicy = field(default_factory=DecisionPolicy)
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -87,6 +93,7 @@ class ModelMetadata:
         if self.quantization:
             props["quantization"] = json.dumps(self.quantization, sort_keys=True)
         props.update({key: getattr(self, key) for key in GOVERNANCE_KEYS if getattr(self, key)})
+        props[POLICY_KEY] = self.policy.to_json()
         return props
 
     @classmethod
@@ -113,6 +120,7 @@ class ModelMetadata:
             quantization=_json_value(props, "quantization", dict, source, default={}),
             input=_input_kind(props.get("input", PIXEL_VALUES_INPUT), source),
             **{key: props.get(key, "") for key in GOVERNANCE_KEYS},
+            policy=_policy(props, labels, source),
         )
 
 
@@ -128,11 +136,28 @@ def check_labels(labels: Any, source: str) -> list[str]:
             raise MetadataError(f"{source}: label {label!r} is too long or holds control characters")
         if label.lower() in RESERVED_COLUMNS:
             raise MetadataError(f"{source}: label {label!r} collides with an output column")
+        if label.lower() == "refer":  # medvit_edge.decision.REFER: a decision, never a class
+            raise MetadataError(f"{source}: label {label!r} is the decision 'refer' (hand to a radiologist)")
     folded = [label.lower() for label in labels]
     repeated = sorted({label for label in labels if folded.count(label.lower()) > 1})
     if repeated:
         raise MetadataError(f"{source}: labels repeat ({', '.join(repeated)})")
     return labels
+
+
+def _policy(props: dict[str, str], labels: list[str], source: str) -> DecisionPolicy:
+    """The file's decision policy (absent: the default); every label it names must be one of
+    the model's."""
+    if POLICY_KEY not in props:
+        return DecisionPolicy()
+    policy = DecisionPolicy.from_json(props[POLICY_KEY], source)
+    for point in policy.operating_points:
+        if point.positive not in labels:
+            raise MetadataError(
+                f"{source}: metadata 'decision_policy' operating point {point.name!r} names "
+                f"{point.positive!r}, which is not a label of this model ({', '.join(labels)})"
+            )
+    return policy
 
 
 def _input_kind(value: str, source: str) -> InputKind:

@@ -158,3 +158,142 @@ def calibration(probabilities: np.ndarray, y_true: Sequence[int], bins: int = 10
             }
         )
     return {"ece": float(ece), "bins": table}
+
+
+def negative_log_likelihood(probabilities: np.ndarray, y_true: Sequence[int]) -> float:
+    """Mean -log p(true class); probabilities floored at 1e-12 so one confident miss is finite."""
+    y = np.asarray(y_true)
+    if len(y) == 0:
+        return float("nan")
+    return float(-np.log(np.maximum(probabilities[np.arange(len(y)), y], 1e-12)).mean())
+
+
+def brier_score(probabilities: np.ndarray, y_true: Sequence[int]) -> float:
+    """Mean squared distance between the probability vector and the one-hot truth (0 = perfect)."""
+    y = np.asarray(y_true)
+    if len(y) == 0:
+        return float("nan")
+    onehot = np.eye(probabilities.shape[1])[y]
+    return float(((probabilities - onehot) ** 2).sum(axis=1).mean())
+
+
+def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval for a proportion (None for 0 trials).
+
+    Unlike the percentile bootstrap it does not collapse at the edges: 120/120 gives
+    (0.969, 1.000), not (1.000, 1.000)."""
+    if trials <= 0:
+        return None
+    z = _normal_quantile((1 + level) / 2)
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def _normal_quantile(q: float) -> float:
+    """Standard normal quantile by bisection on erf (no scipy in the runtime)."""
+    from math import erf, sqrt
+
+    low, high = -10.0, 10.0
+    for _ in range(100):
+        mid = (low + high) / 2
+        if 0.5 * (1 + erf(mid / sqrt(2))) < q:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def bootstrap_auc_and_balanced_accuracy(
+    y_true: Sequence[int],
+    probabilities: np.ndarray,
+    samples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Percentile-bootstrap intervals (resampling images) for what has no closed-form interval:
+    each class's one-vs-rest AUC and the balanced accuracy of the argmax labels.
+
+    Proportions (accuracy, recall, specificity, coverage) use ``wilson_interval`` instead: the
+    percentile bootstrap collapses to a zero-width interval at 0/n and n/n."""
+    y = np.asarray(y_true, dtype=int)
+    classes = probabilities.shape[1]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(y), size=(samples, len(y)))
+    weights = np.stack([np.bincount(row, minlength=len(y)) for row in draws]).astype(float)  # (S, N)
+    balanced = _bootstrap_balanced(y, probabilities.argmax(1), weights, classes)
+    aucs = [_bootstrap_auc(y == k, probabilities[:, k], weights) for k in range(classes)]
+    return {
+        "balanced_accuracy": _percentile(balanced, level),
+        "auc": [_percentile(values, level) for values in aucs],
+        "level": level,
+        "samples": samples,
+    }
+
+
+def _bootstrap_balanced(
+    y: np.ndarray, predicted: np.ndarray, weights: np.ndarray, classes: int
+) -> np.ndarray:
+    """Balanced accuracy of each resample (mean recall over the classes present in it)."""
+    recalls = []
+    for k in range(classes):
+        totals = weights[:, y == k].sum(axis=1)
+        hits = weights[:, (y == k) & (predicted == k)].sum(axis=1)
+        recalls.append(np.where(totals > 0, hits / np.maximum(totals, 1), np.nan))
+    stacked = np.stack(recalls, axis=1)
+    present = ~np.isnan(stacked)
+    return np.nansum(stacked, axis=1) / np.maximum(present.sum(axis=1), 1)
+
+
+def _bootstrap_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUC of each resample: P(score of a positive > score of a negative), ties counted half,
+    with every image weighted by how often the resample drew it (exact, no re-ranking)."""
+    if positive.all() or not positive.any():
+        return np.empty(0)
+    pos, neg = scores[positive], scores[~positive]
+    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # (P, Q)
+    w_pos, w_neg = weights[:, positive], weights[:, ~positive]
+    pairs = w_pos.sum(axis=1) * w_neg.sum(axis=1)
+    auc = np.einsum("sp,pq,sq->s", w_pos, wins, w_neg)
+    return auc[pairs > 0] / pairs[pairs > 0]
+
+
+def _percentile(values: np.ndarray, level: float) -> tuple[float, float] | None:
+    if len(values) == 0:
+        return None
+    low, high = np.percentile(values, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(low), float(high)
+
+
+def roc_curve(positive: Sequence[bool], scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-vs-rest ROC: (false-positive rate, true-positive rate, threshold) at every distinct
+    score, from "nothing positive" (threshold +inf) to "everything positive"."""
+    is_pos = np.asarray(positive, dtype=bool)
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores, sorted_pos = scores[order], is_pos[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(sorted_scores))[0], len(scores) - 1]
+    tp = np.cumsum(sorted_pos)[last_of_tie]
+    fp = np.cumsum(~sorted_pos)[last_of_tie]
+    tpr = np.r_[0.0, tp / max(int(is_pos.sum()), 1)]
+    fpr = np.r_[0.0, fp / max(int((~is_pos).sum()), 1)]
+    return fpr, tpr, np.r_[np.inf, sorted_scores[last_of_tie]]
+
+
+def risk_coverage(confidence: np.ndarray, correct: Sequence[bool]) -> dict[str, np.ndarray]:
+    """Selective prediction: accept the images whose confidence is at least a threshold, for every
+    distinct threshold (high to low). ``coverage`` = accepted share, ``risk`` = error share among
+    the accepted, ``accepted`` = how many."""
+    right = np.asarray(correct, dtype=bool)
+    order = np.argsort(-confidence, kind="mergesort")
+    sorted_conf = confidence[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(sorted_conf))[0], len(confidence) - 1]
+    accepted = last_of_tie + 1
+    errors = np.cumsum(~right[order])[last_of_tie]
+    return {
+        "threshold": sorted_conf[last_of_tie],
+        "accepted": accepted,
+        "coverage": accepted / max(len(confidence), 1),
+        "risk": errors / accepted,
+    }

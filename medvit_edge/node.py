@@ -131,7 +131,7 @@ class DicomNode:
 
             check_report_folder(cfg.dicom_out)
         self.classifier = classifier or Classifier.load(
-            resolve_model_path(cfg.model), device=cfg.device, threads=cfg.threads
+            resolve_model_path(cfg.model, cfg.device), device=cfg.device, threads=cfg.threads
         )
         self.model = ModelIdentity.of(self.classifier)
         self.stats = NodeStats()

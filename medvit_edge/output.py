@@ -5,7 +5,7 @@ How values are written:
 * CSV is opened in spreadsheets, so text cells a spreadsheet would run as a formula are
   neutralised (OWASP CSV injection): a leading ``'`` was added to cells that start with
   ``=`` ``+`` ``-`` ``@`` tab or CR; strip one leading ``'`` from such cells to recover the
-  value. This holds for every text column (path, label, variant, model_sha256, error) and for
+  value. This holds for every text column (path, label, decision, variant, model_sha256, error) and for
   the header, whose class names come from the model's metadata. Probabilities are numbers
   (never negative), written as is. When the CSV goes to a terminal, control characters are
   escaped too (``\\x1b``), like everything else printed.
@@ -32,6 +32,9 @@ from medvit_edge.reader import UID_COLUMNS
 # First characters that make a spreadsheet evaluate a cell (OWASP CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
+# columns a row may lack (a file that is not DICOM; rows made before decisions): written empty
+EMPTY_BY_DEFAULT = frozenset({*UID_COLUMNS, "decision"})
+
 Writer = Callable[[Path, list[dict[str, Any]], list[str]], None]
 
 
@@ -48,14 +51,16 @@ def format_predictions(
     jsonl: bool = False,
     terminal: bool = False,
 ) -> None:
-    """One row per frame: path, frame, label, a probability column per class, variant, sha256,
-    error, then the DICOM identifiers study_uid, series_uid, sop_uid (empty for other files).
+    """One row per frame: path, frame, label, decision (the model's decision policy: a label or
+    ``refer``), a (calibrated) probability column per class, variant, sha256, error, then the
+    DICOM identifiers study_uid, series_uid, sop_uid (empty for other files).
     ``terminal``: the CSV goes to a terminal, so control characters are escaped too.
     The module docstring says how values are escaped and how to undo it."""
-    columns = ["path", "frame", "label", *labels, "variant", "model_sha256", "error", *UID_COLUMNS]
+    columns = ["path", "frame", "label", "decision", *labels, "variant", "model_sha256", "error"]
+    columns += UID_COLUMNS
     if jsonl:
         for row in rows:
-            record = {c: _json_value(row.get(c, "" if c in UID_COLUMNS else None)) for c in columns}
+            record = {c: _json_value(row.get(c, "" if c in EMPTY_BY_DEFAULT else None)) for c in columns}
             handle.write(json.dumps(record, allow_nan=False) + "\n")  # NaN is not JSON
         return
     writer = csv.writer(handle)

@@ -66,7 +66,7 @@ FILES_PER_TASK = 32  # files an actor classifies per Ray task (fewer when there 
 CPUS_PER_WORKER = 4  # without --workers: one actor per this many CPUs
 GPU_DEVICES = ("cuda", "tensorrt")
 # options of plain infer that write more than the predictions; not on Ray yet
-LOCAL_ONLY = {"dicom_out": "--dicom-out", "audit_log": "--audit-log"}
+LOCAL_ONLY = {"dicom_out": "--dicom-out", "audit_log": "--audit-log", "overlays": "--overlays"}
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def infer_on_ray(
     truth_csv = read_labels_csv(cfg.labels_csv) if cfg.labels_csv is not None else None
     items = collect_inputs(cfg.inputs)
     folder = _check_target(cfg, items)
-    model_path = resolve_model_path(cfg.model)
+    model_path = resolve_model_path(cfg.model, cfg.device)
     # the driver checks the model once (checksum, metadata, graph) before any worker starts
     probe = Classifier.load(model_path, device="cpu", threads=1, verify=cfg.verify)
     labels = probe.labels

@@ -2,7 +2,11 @@
 
     clf = Classifier.load("models/run/onnx/model.int8.onnx")
     pred = clf.predict("scan.png")            # or a PIL image, a numpy array, or a list of them
-    pred.label, pred.probabilities["malignant"]
+    pred.label, pred.probabilities["malignant"], pred.decision
+
+Probabilities are calibrated with the file's decision policy (metadata ``decision_policy``:
+``softmax(logits / T)``) and ``decision`` is what that policy decides (a label or ``refer``,
+medvit_edge.decision); ``logits``/``run`` give the raw logits.
 
 A raw-input file (``export --raw-input``: metadata ``input: raw-uint8-nhwc``) preprocesses in
 its own graph: the same ``predict`` then hands it each decoded RGB image as uint8 ``(H, W, 3)``
@@ -28,13 +32,13 @@ from typing import Any, get_args
 import numpy as np
 from PIL import Image
 
+from medvit_edge.decision import DecisionPolicy
 from medvit_edge.errors import ModelLoadError
 from medvit_edge.files import sha256_handle
 from medvit_edge.images import ImageDecodeError, as_rgb_image
 from medvit_edge.int8_target import warn_if_outside_target
-from medvit_edge.manifest import manifest_entry
+from medvit_edge.manifest import CompanionFile, manifest_entry
 from medvit_edge.metadata import RAW_INPUT, MetadataError, ModelMetadata
-from medvit_edge.metrics import softmax
 from medvit_edge.preprocess import MAX_RESIZED_PIXELS, PreprocessSpec, preprocess_batch, resized_size
 from medvit_edge.variants import Device, Variant, variant_named
 
@@ -68,9 +72,10 @@ def import_onnxruntime() -> Any:
 
 @dataclass(frozen=True)
 class Prediction:
-    label: str
+    label: str  # the most probable class
     index: int
-    probabilities: dict[str, float]
+    probabilities: dict[str, float]  # calibrated (the file's decision policy)
+    decision: str = ""  # what the policy decides: a label, or "refer" (medvit_edge.decision)
 
 
 _PROVIDERS: dict[Device, list[str]] = {
@@ -198,14 +203,28 @@ class Classifier:
 
         ``spin=False`` stops onnxruntime's worker threads from busy-waiting between calls: a little
         more latency, no idle CPU burnt (for scanner software that shares the machine, and for
-        benchmarks that run several sessions in turn)."""
-        ort = import_onnxruntime()
+        benchmarks that run several sessions in turn).
+
+        An OpenVINO IR (``model.openvino*.xml`` + its ``.bin``) runs through OpenVINO behind the
+        same session interface (medvit_edge/openvino_backend.py)."""
         path = Path(path)
+        if path.suffix.lower() == ".xml":
+            from medvit_edge.openvino_backend import open_session
+
+            session, sha256 = open_session(path, device=device, threads=threads, verify=verify, spin=spin)
+            return cls.from_session(session, path, sha256)
+        ort = import_onnxruntime()
         sha256, identity = hash_model_file(path)
         if verify is not False:
             verify_checksum(path, sha256, required=bool(verify))
         session = _create_session(ort, path, _session_options(ort, threads, spin), choose_providers(device))
         _check_unchanged(path, identity)
+        return cls.from_session(session, path, sha256)
+
+    @classmethod
+    def from_session(cls, session: Any, path: Path, sha256: str) -> Classifier:
+        """A loaded session (onnxruntime's, or one with its interface) with its metadata and
+        signature checked."""
         props = session.get_modelmeta().custom_metadata_map
         try:
             metadata = ModelMetadata.from_props(props, source=str(path))
@@ -218,6 +237,11 @@ class Classifier:
     @property
     def variant(self) -> str:
         return self.metadata.variant
+
+    @property
+    def companions(self) -> tuple[CompanionFile, ...]:
+        """Files loaded beside ``path`` (an OpenVINO IR's weights), with their sha256."""
+        return tuple(getattr(self.session, "companions", ()))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed (N, 3, size, size) float32 -> logits (N, classes), any N."""
@@ -244,16 +268,30 @@ class Classifier:
             outputs.append(self.session.run([self.output_name], {self.input_name: batch})[0])
         return np.concatenate(outputs)
 
-    def predict_proba(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Probabilities (N, classes); inputs are decoded and preprocessed CHUNK at a time."""
+    @property
+    def policy(self) -> DecisionPolicy:
+        """How probabilities become decisions: temperature, operating point, refer rule."""
+        return self.metadata.policy
+
+    def logits(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Raw logits (N, classes); inputs are decoded and preprocessed CHUNK at a time."""
         parts = [np.empty((0, len(self.labels)), np.float32)]
         for start in range(0, len(images), CHUNK):
             chunk = [as_rgb_image(image) for image in images[start : start + CHUNK]]
             if self.raw_input:
-                parts.append(softmax(self.run_raw([raw_pixels(image, self.spec) for image in chunk])))
+                parts.append(self.run_raw([raw_pixels(image, self.spec) for image in chunk]))
             else:
-                parts.append(softmax(self.run(preprocess_batch(chunk, self.spec))))
+                parts.append(self.run(preprocess_batch(chunk, self.spec)))
         return np.concatenate(parts)
+
+    def predict_proba(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Calibrated probabilities (N, classes): ``softmax(logits / T)`` with the file's
+        temperature (T = 1 for a file without a decision policy)."""
+        return self.policy.probabilities(self.logits(images))
+
+    def decide(self, probabilities: np.ndarray) -> list[str]:
+        """Calibrated probabilities (N, classes) -> a label or ``refer`` per row."""
+        return self.policy.decide(probabilities, self.labels)
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> Prediction | list[Prediction]:
         """One input -> one ``Prediction``; a list of inputs (maybe empty) -> a list."""
@@ -270,6 +308,7 @@ class Classifier:
             label=self.labels[index],
             index=index,
             probabilities={label: float(p) for label, p in zip(self.labels, probabilities)},
+            decision=self.decide(probabilities[None])[0],
         )
 
 

@@ -24,6 +24,9 @@ VariantName = Literal[
     "fp16-raw",
     "int8-dynamic-raw",
     "int8-static-raw",
+    "explain",
+    "openvino-fp32",
+    "openvino-int8",
 ]
 
 
@@ -55,6 +58,8 @@ class Variant:
     # ``base`` is the variant whose graph they wrap.
     input: InputKind = PIXEL_VALUES_INPUT
     base: str | None = None
+    # False: a tool, not a deployment (explain): never the file `infer RUN_DIR` picks or recommends.
+    deployable: bool = True
 
     @property
     def check_tolerance(self) -> float:
@@ -128,6 +133,31 @@ VARIANTS.update(
         for name in ("fp32", "fp16", "int8-dynamic", "int8-static")
     }
 )
+# export --explain: the fp32 graph with each layer's attention probabilities as extra outputs
+# after the logits (export/explain.py), for `infer --overlays`; never deployed, so its logits
+# must be fp32's exactly.
+VARIANTS["explain"] = Variant(
+    "explain",
+    "model.explain.onnx",
+    "fp32",
+    "any onnxruntime (heat maps for infer --overlays)",
+    VARIANTS["fp32"].tolerance,
+    deployable=False,
+)
+# export --openvino: OpenVINO IR (model.*.xml + its weights .bin beside it), run by the runtime's
+# OpenVINO backend (medvit_edge/openvino_backend.py). The fp32 IR runs in f32 (OpenVINO would pick
+# bf16 on CPUs with bf16 units), so it keeps fp32's tolerance; int8 is NNCF's post-training
+# quantization (export/openvino.py) under the int8 guard.
+VARIANTS.update(
+    {
+        "openvino-fp32": Variant(
+            "openvino-fp32", "model.openvino.xml", "fp32", "CPU (OpenVINO)", VARIANTS["fp32"].tolerance
+        ),
+        "openvino-int8": Variant(
+            "openvino-int8", "model.openvino-int8.xml", "int8", "CPU (OpenVINO)", INT8_TOLERANCE
+        ),
+    }
+)
 assert set(VARIANTS) == set(get_args(VariantName))
 
 # Which variant `infer RUN_DIR` picks when given a folder: fastest first, on a CPU.
@@ -142,3 +172,9 @@ def variant_named(name: str) -> Variant | None:
 def file_names() -> list[str]:
     """Every file name a variant can have, in table order, without repeats."""
     return list(dict.fromkeys(variant.file_name for variant in VARIANTS.values()))
+
+
+def tool_files() -> set[str]:
+    """File names of rows that are tools, not deployable models (explain): evaluate and benchmark
+    leave them out."""
+    return {variant.file_name for variant in VARIANTS.values() if not variant.deployable}

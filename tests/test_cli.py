@@ -47,7 +47,7 @@ def test_infer_exit_codes_and_stdout_csv(tiny_export: Path, phantom_dir: Path, t
     good = [str(p) for p in sorted(phantom_dir.rglob("*.png"))[:3]]
     result = runner.invoke(cli.main, ["infer", str(tiny_export / "model.onnx"), *good, "--quiet"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[0].startswith("path,frame,label,benign,malignant,normal")
+    assert result.stdout.splitlines()[0].startswith("path,frame,label,decision,benign,malignant,normal")
     assert len(result.stdout.splitlines()) == 4
     broken = tmp_path / "broken.png"
     broken.write_text("no")

@@ -171,8 +171,9 @@ def test_dicom_out_writes_srs_that_reference_their_source(
             values = {m.name.meaning: m.value for m in group.get_measurements()}
             for label in summary.labels:
                 assert values[f"Probability of {label}"] == pytest.approx(row[label], abs=1e-6)
-            (predicted,) = group.get_qualitative_evaluations()
+            predicted, decision = group.get_qualitative_evaluations()  # decision: the model's policy
             assert predicted.value.meaning == row["label"]
+            assert decision.name.meaning == "Decision" and decision.value.meaning == row["decision"]
         texts = _texts(sr.ContentSequence)
         assert f"model_sha256={rows[(sources[sop], 0)]['model_sha256']}" in texts
         assert (

@@ -337,6 +337,7 @@ def test_node_example_agrees_with_the_python_runtime(
     for line, prediction in zip(lines, expected):
         assert line["label"] == prediction.label, line["path"]
         assert line["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-4), line["path"]
+        assert line["decision"] == prediction.decision, line["path"]  # the file's decision policy
 
 
 def _odd_pngs(folder: Path, source: Path) -> list[Path]:

@@ -43,8 +43,10 @@ from medvit_edge.variants import Device
 def evaluate(**values: Any) -> None:
     """Compare the PyTorch model and every ONNX variant of RUN_DIR on the same labelled images.
 
-    Writes report.md, report.json and plots: accuracy with 95% bootstrap intervals, recall and
-    specificity per class, AUC, calibration, parity with PyTorch, latency, throughput, size.
+    Writes report.md, report.json and plots: accuracy, recall and specificity per class (Wilson
+    95% intervals), AUC and balanced accuracy (bootstrap intervals), calibration before/after the
+    stored temperature, operating points, refer coverage, risk-coverage, decisions vs fp32,
+    parity with PyTorch, latency, throughput, size.
     """
     require("runtime")
     from medvit_edge.evaluate import evaluate as run_evaluate

@@ -50,6 +50,17 @@ from medvit_edge.variants import Device
     "Append one JSON line per prediction here, on disk before any result is written.",
     folder=False,
 )
+@new_path_option(
+    "--overlays",
+    "Folder for one PNG per image: the frame, where the model looked (attention rollout) and "
+    "the label, probability and decision. Needs model.explain.onnx (export --explain).",
+    folder=True,
+)
+@click.option(
+    "--explain-model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --overlays: the explainability model. [default: model.explain.onnx beside MODEL]",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--engine",
@@ -78,8 +89,10 @@ def infer(
 ) -> None:
     """Classify images (files, folders searched recursively, or globs) with an ONNX MODEL.
 
-    MODEL is a model file, or a run folder or its onnx/ folder: then the int8 file runs when
-    manifest.json says it passed validation, else model.onnx (fp32). Reads PNG, JPEG, BMP, TIFF
+    MODEL is a model file, or a run folder or its onnx/ folder: then the variant export
+    recommended (the fastest that passed, timed on the export machine) runs when this CPU has
+    that machine's ISA; else the int8 file when manifest.json says it passed validation, else
+    model.onnx (fp32). Reads PNG, JPEG, BMP, TIFF
     and (with the [dicom] extra) DICOM, one row per frame. A bad file becomes an error row and the
     run goes on. In the CSV, a text cell starting with = + - @ tab or CR gets a leading ' so no
     spreadsheet runs it as a formula.
@@ -106,8 +119,8 @@ def infer(
         run_infer = functools.partial(infer_on_ray, address=address, workers=workers)  # type: ignore[assignment]
     elif address is not None or workers is not None:
         raise UserError("--address and --workers go with --engine ray")
-    if engine == "ray" and (values.get("dicom_out") or values.get("audit_log")):
-        raise UserError("--dicom-out and --audit-log go with the local engine")
+    if engine == "ray" and (values.get("dicom_out") or values.get("audit_log") or values.get("overlays")):
+        raise UserError("--dicom-out, --audit-log and --overlays go with the local engine")
     cfg = InferConfig(model=model, inputs=list(paths), progress=not quiet, **values)
     try:
         with exit_on_signals():
@@ -147,6 +160,8 @@ def _print_infer_summary(summary: Any) -> None:
     written = f"; written to {printable(summary.output)}" if summary.output else ""
     if getattr(summary, "reports", None):
         written += f"; {len(summary.reports)} DICOM reports in {printable(summary.reports[0].parent)}"
+    if getattr(summary, "overlays", None):
+        written += f"; {len(summary.overlays)} overlays in {printable(summary.overlays[0].parent)}"
     click.echo(
         f"{summary.predictions} predictions from {summary.files - summary.failed_files} files; "
         f"{summary.failed_files} failed{skipped}{written}",

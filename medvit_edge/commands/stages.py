@@ -186,11 +186,45 @@ class _ExportCommand(click.Command):
     "[N, H, W, 3] in, resize/crop/normalise in the graph, probabilities and logits out.",
 )
 @click.option(
+    "--explain",
+    is_flag=True,
+    help="Also write model.explain.onnx: fp32 plus each layer's attention probabilities as extra "
+    "outputs, for `infer --overlays` heat maps (not deployed).",
+)
+@click.option(
+    "--openvino",
+    is_flag=True,
+    help="Also write OpenVINO IR variants: model.openvino.xml (fp32), and with --int8 "
+    "model.openvino-int8.xml (NNCF post-training int8); each with its .bin. Needs [openvino].",
+)
+@click.option(
     "--optimize/--no-optimize",
     default=field_default(ExportConfig, "optimize"),
     show_default=True,
     help="onnxruntime's offline transformer fusions on the fp32 graph (int8 builds on it); "
     "measured slower than onnxruntime's own online fusions, hence off.",
+)
+@click.option(
+    "--operating-point",
+    "operating_points",
+    multiple=True,
+    metavar="LABEL-GOAL=T",
+    help="A decision threshold chosen on the validation images, e.g. malignant-sensitivity=0.95 or "
+    "malignant-specificity=0.9 (GOAL sensitivity|specificity); repeatable, the first one is applied "
+    "by the runtime. [default: none: the most probable label]",
+)
+@click.option(
+    "--refer-risk",
+    type=float,
+    help="Decide 'refer' when unsure: the threshold on the top probability that keeps the error among "
+    "accepted validation images at or below this (e.g. 0.05). [default: never refer]",
+)
+@click.option(
+    "--calibrate/--no-calibrate",
+    default=field_default(ExportConfig, "calibrate"),
+    show_default=True,
+    help="Temperature scaling fitted on the validation images (NLL): probabilities that mean what "
+    "they say. The policy goes into every variant's metadata.",
 )
 def export(**values: Any) -> None:
     """Export RUN_DIR to ONNX and validate every variant against PyTorch on real images.
@@ -209,4 +243,7 @@ def export(**values: Any) -> None:
             f"{record.file:<20} {record.status:<7} {record.size_bytes / 1e6:8.2f} MB  "
             f"max|Δlogit| {check.max_abs_logit_diff:.2e}  agreement {check.top1_agreement:.2%}"
         )
+    if result.manifest.decision_policy is not None:
+        for name, text in result.manifest.decision_policy.describe():
+            click.echo(f"{name}: {text}")
     click.echo(f"manifest: {result.output / 'manifest.json'}")

@@ -1,0 +1,134 @@
+"""Decision support on the BUSI benchmark model (issue 15's check).
+
+Exports ``models/bench-small-busi`` with a calibrated decision policy fitted on the run's
+validation split (temperature, ``malignant-sensitivity=0.95``, a refer rule), then evaluates
+every variant on the held-out test split: ECE/NLL/Brier before and after calibration, the
+operating point's test sensitivity/specificity with Wilson intervals, the risk–coverage table,
+and each quantized variant's decision agreement with fp32.
+
+    python -m bench.decision_busi [--run models/bench-small-busi] [--refer-risk 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, machine, save_json, update_section
+
+REPORT_DIR = REPO / "docs" / "busi-decision-report"
+
+
+def export_with_policy(run_dir: Path, output: Path, refer_risks: list[float], openvino: bool) -> float:
+    """Export fp32/fp16/int8 (and OpenVINO when asked) with the policy; the first refer risk
+    the validation split can reach is kept. Returns it."""
+    from medvit_edge.errors import UserError
+    from medvit_edge.export import ExportConfig, export
+
+    for risk in refer_risks:
+        try:
+            export(
+                ExportConfig(
+                    run_dir=run_dir,
+                    output=output,
+                    fp16=True,
+                    int8=True,
+                    openvino=openvino,
+                    operating_points=("malignant-sensitivity=0.95",),
+                    refer_risk=risk,
+                    golden_images=0,
+                    allow_degraded=True,
+                )
+            )
+            return risk
+        except UserError as exc:
+            if "--refer-risk" not in str(exc):
+                raise
+            print(f"refer risk {risk}: {exc}")
+    raise SystemExit(f"none of the refer risks {refer_risks} is reachable on validation")
+
+
+def summary(report: dict[str, Any], risk: float) -> str:
+    rows = report["variants"]
+    lines = [
+        f"Machine: {machine()}. Command: `python -m bench.decision_busi`. Model: `models/bench-small-busi` "
+        "(the training benchmark's small ViT). Policy fitted at export on the run's 157-image validation "
+        f"split (PyTorch fp32 logits): temperature, `malignant-sensitivity=0.95`, refer risk {risk:g}; "
+        "evaluated on the 156-image test split. Intervals: Wilson 95% for proportions. Full report: "
+        "`docs/busi-decision-report/report.md`.",
+        "",
+        "| variant | test ECE raw → calibrated | test NLL raw → calibrated | malignant sensitivity at the "
+        "0.95 point (test, 95% CI) | specificity | coverage (refer rule) | accepted accuracy | "
+        "decisions = fp32 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(_row(row))
+    return "\n".join(lines)
+
+
+def _row(row: dict[str, Any]) -> str:
+    cal, decision = row.get("calibration") or {}, row.get("decision") or {}
+    point = (decision.get("operating_points") or [{}])[0]
+    refer = decision.get("refer") or {}
+
+    def proportion(value: dict[str, Any] | None) -> str:
+        if not value or value.get("value") is None:
+            return "—"
+        return f"{value['value']:.3f} ({value['low']:.3f}–{value['high']:.3f}; {value['successes']}/{value['trials']})"
+
+    def scores(key: str) -> str:
+        if not cal:
+            return "—"
+        return f"{cal['before'][key]:.3f} → {cal['after'][key]:.3f}"
+
+    agreement = decision.get("agreement")
+    return (
+        f"| {row['variant']} | {scores('ece')} | {scores('nll')} | {proportion(point.get('sensitivity'))} "
+        f"| {proportion(point.get('specificity'))} | {proportion(refer.get('coverage'))} "
+        f"| {proportion(refer.get('accepted_accuracy'))} | {proportion(agreement)} |"
+    )
+
+
+def risk_coverage(report: dict[str, Any]) -> str:
+    """The risk–coverage table of the fp32 file (every variant's is in the report)."""
+    row = next(r for r in report["variants"] if r["variant"] == "fp32")
+    lines = ["| rule | threshold | coverage | accepted accuracy |", "|---|---|---|---|"]
+    for item in row["decision"]["risk_coverage"]:
+        accuracy = item["accepted_accuracy"]
+        threshold = "—" if item["threshold"] is None else f"{item['threshold']:.3f}"
+        lines.append(
+            f"| {item['rule']} | {threshold} | {item['coverage']['value']:.3f} | "
+            + ("—" if not accuracy or accuracy["value"] is None else f"{accuracy['value']:.3f}")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run", type=Path, default=REPO / "models" / "bench-small-busi")
+    parser.add_argument("--refer-risk", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2])
+    parser.add_argument("--openvino", action="store_true")
+    args = parser.parse_args()
+    from medvit_edge.evaluate import EvaluateConfig, evaluate
+
+    output = args.run / "onnx-decision"
+    shutil.rmtree(output, ignore_errors=True)
+    risk = export_with_policy(args.run, output, args.refer_risk, args.openvino)
+    evaluate(EvaluateConfig(run_dir=args.run, onnx_dir=output, split="test", output=REPORT_DIR))
+    report = json.loads((REPORT_DIR / "report.json").read_text())
+    save_json("decision_busi", {"machine": machine(), "refer_risk": risk, "report": report})
+    body = (
+        summary(report, risk) + "\n\nRisk–coverage on the test split (fp32 file):\n\n" + risk_coverage(report)
+    )
+    update_section("Decision support on the BUSI benchmark model", body)
+
+
+if __name__ == "__main__":
+    main()
