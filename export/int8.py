@@ -29,17 +29,20 @@ if TYPE_CHECKING:
 Build = Callable[[tuple[str, ...]], dict[str, Any]]
 
 
-def guarded_int8(exporter: Exporter, variant: Variant, build: Build | None = None) -> VariantRecord:
+def guarded_int8(
+    exporter: Exporter, variant: Variant, build: Build | None = None, source: Path | None = None
+) -> VariantRecord:
     """Full int8 first; if it fails, keep 1, 2, 4 ... of the most sensitive layers in float until
     one passes, else keep the attempt closest to PyTorch. ``build`` makes one attempt (default:
-    onnxruntime's quantizer for the variant; export/openvino.py passes NNCF's)."""
+    onnxruntime's quantizer for the variant; export/openvino.py passes NNCF's), from the ``source``
+    graph (default model.onnx), whose layers are the ones ranked."""
     cfg, int8 = exporter.cfg, exporter.cfg.int8_config
     build = build or _builder(exporter, variant, int8)
     record = _attempt(exporter, variant, build, ())
     if record.status == "passed" or not cfg.int8_guard_search:
         return record
     full, full_latency = record, _latency_ms(exporter.path(variant), exporter.validation.pixels)
-    ranked = rank_sensitive_nodes(exporter.fp32_path, exporter.validation.pixels[:16], int8)
+    ranked = rank_sensitive_nodes(source or exporter.fp32_path, exporter.validation.pixels[:16], int8)
     attempts: list[tuple[tuple[str, ...], VariantRecord]] = [((), record)]
     for excluded in exclusion_schedule(ranked):
         record = _attempt(exporter, variant, build, excluded)

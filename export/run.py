@@ -176,7 +176,8 @@ class Exporter:
 
     def openvino_int8(self, variant: Variant) -> VariantRecord:
         """NNCF post-training int8 of the IR, under the int8 guard (NNCF's ignored scope)."""
-        return guarded_int8(self, variant, openvino_int8_builder(self, variant))
+        # ranked on the graph NNCF quantizes (the unfused one with --optimize): same layer names
+        return guarded_int8(self, variant, openvino_int8_builder(self, variant), self.unfused_path)
 
     def raw_twin(self, variant: Variant) -> VariantRecord:
         """The base variant's file (as built above) with the preprocessing graph in front and a

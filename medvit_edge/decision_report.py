@@ -9,7 +9,7 @@ and n/n, where the percentile bootstrap collapses to a zero-width interval.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -133,14 +133,18 @@ def evaluate_policy(
     accepted = [d != REFER for d in decisions]
     right = sum(d == t for d, t, a in zip(decisions, truth_labels, accepted) if a)
     counts = {name: decisions.count(name) for name in [*labels, REFER] if decisions.count(name)}
+    # what the policy decides when nothing is referred (operating point applied): the decisions
+    # a refer threshold accepts or not, as the stored rule was chosen
+    unreferred = replace(policy, refer=None).decision_indices(probabilities, labels)
+    unreferred_correct = unreferred == truth
     summary = DecisionSummary(
         policy_stored=not is_default(policy),
         operating_points=operating_point_results(probabilities, truth, labels, policy),
         refer=_refer_result(policy, decisions, truth_labels),
         decision_accuracy=proportion(right, sum(accepted)),
         counts=counts,
-        risk_coverage=risk_coverage_table(probabilities, truth),
-        aurc=area_under_risk_coverage(probabilities, truth),
+        risk_coverage=risk_coverage_table(probabilities, truth, unreferred_correct),
+        aurc=area_under_risk_coverage(probabilities, truth, unreferred_correct),
     )
     return VariantDecisions(compare_calibration(logits, truth, policy), summary, decisions)
 
@@ -204,13 +208,16 @@ def _refer_result(
     )
 
 
-def risk_coverage_table(probabilities: np.ndarray, truth: np.ndarray) -> list[RiskCoverageRow]:
-    """Coverage and accuracy of the accepted argmax labels when only images whose calibrated top
-    probability reaches a threshold are accepted: at fixed thresholds, then at the lowest
-    threshold keeping this split's risk within each of RISK_STEPS (chosen on the evaluated
-    split itself, so optimistic: the stored refer rule was chosen on validation)."""
+def risk_coverage_table(
+    probabilities: np.ndarray, truth: np.ndarray, correct: np.ndarray | None = None
+) -> list[RiskCoverageRow]:
+    """Coverage and accuracy of the accepted decisions (``correct``: the policy's decisions
+    without refer; default the argmax labels) when only images whose calibrated top probability
+    reaches a threshold are accepted: at fixed thresholds, then at the lowest threshold keeping
+    this split's risk within each of RISK_STEPS (chosen on the evaluated split itself, so
+    optimistic: the stored refer rule was chosen on validation)."""
     confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == truth
+    correct = probabilities.argmax(axis=1) == truth if correct is None else correct
     rows = [_accept_row(f"confidence >= {t:.2f}", t, confidence, correct) for t in CONFIDENCE_STEPS]
     curve = risk_coverage(confidence, correct)
     for risk in RISK_STEPS:
@@ -233,9 +240,12 @@ def _accept_row(
     )
 
 
-def area_under_risk_coverage(probabilities: np.ndarray, truth: np.ndarray) -> float:
+def area_under_risk_coverage(
+    probabilities: np.ndarray, truth: np.ndarray, correct: np.ndarray | None = None
+) -> float:
     """Mean risk over coverages 1/N .. N/N (images tied in confidence are accepted together)."""
-    curve = risk_coverage(probabilities.max(axis=1), probabilities.argmax(axis=1) == truth)
+    correct = probabilities.argmax(axis=1) == truth if correct is None else correct
+    curve = risk_coverage(probabilities.max(axis=1), correct)
     sizes = np.diff(np.r_[0, curve["accepted"]])
     return float((curve["risk"] * sizes).sum() / max(int(sizes.sum()), 1))
 

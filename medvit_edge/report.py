@@ -271,7 +271,8 @@ def _risk_coverage_lines(report: EvaluationReport) -> list[str]:
         "### Risk–coverage",
         "",
         "Accept an image when its calibrated top probability reaches the threshold. Each cell: "
-        "accepted/images = coverage; accuracy of the accepted argmax labels (Wilson 95% CI). "
+        "accepted/images = coverage; accuracy of the accepted decisions (the stored operating "
+        "point applied, as the stored refer rule was chosen; the argmax labels without one; Wilson 95% CI). "
         "`risk <= x` rows use the lowest threshold (t) meeting x on these images themselves, so "
         "they are optimistic: a deployed rule is chosen on validation, as the stored one is. "
         "AURC, the area under the risk–coverage curve (lower is better): "

@@ -180,3 +180,21 @@ def test_int8_guard_keeps_the_planted_outlier_layer_in_float(tiny_busi_run: Path
     assert guard["excluded_nodes"] == guarded["quantization"]["excluded_nodes"] == [culprit]
     assert guarded["validation"]["max_abs_logit_diff"] <= 0.5 * full_error
     assert guard["size_bytes_cost"] > 0  # a float layer is bigger: the report says what it cost
+
+
+@needs_export
+def test_calibration_from_a_split_csv_takes_only_its_training_rows(phantom_dir: Path) -> None:
+    """--calibration-data split.csv must never calibrate on the validation/test images."""
+    from types import SimpleNamespace
+
+    from medvit_edge.export.int8 import calibration_pixels
+    from medvit_edge.preprocess import PreprocessSpec
+
+    with open(phantom_dir / "split.csv", newline="") as handle:
+        splits = [row["split"] for row in csv.DictReader(handle)]
+    assert {"train", "test"} <= set(splits)
+    cfg = SimpleNamespace(
+        calibration_data=phantom_dir / "split.csv", calibration_size=10_000, run_dir=phantom_dir
+    )
+    exporter = SimpleNamespace(cfg=cfg, spec=PreprocessSpec(size=32))
+    assert len(calibration_pixels(exporter)) == splits.count("train")  # type: ignore[arg-type]

@@ -309,3 +309,12 @@ def test_damaged_or_foreign_irs_are_one_line_errors(ov_export: Path, tmp_path: P
         with pytest.raises(ModelLoadError, match=reason) as caught:
             Classifier.load(tmp_path / f"{name}.xml", device="cpu")
         assert "\n" not in str(caught.value) and "src/" not in str(caught.value)
+
+
+def test_throughput_hint_gives_the_same_probabilities(ov_export: Path, test_images: list) -> None:
+    """``load_classifier(hint="throughput")``: several streams for many callers, same numbers."""
+    from medvit_edge.openvino_backend import load_classifier
+
+    latency = Classifier.load(ov_export / FP32_IR, device="cpu")
+    throughput = load_classifier(ov_export / FP32_IR, hint="throughput")
+    assert np.abs(latency.predict_proba(test_images) - throughput.predict_proba(test_images)).max() < 1e-5
