@@ -36,7 +36,6 @@ from medvit_edge.metrics import (
     bootstrap_auc_and_balanced_accuracy,
     calibration,
     classification_metrics,
-    softmax,
     wilson_interval,
 )
 from medvit_edge.openvino_backend import INSTALL_HINT as OPENVINO_HINT
@@ -194,7 +193,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
         reference=reference,
         machine=machine_line(),
         variants=rows,
-        disagreements=_disagreements(images, all_logits, reference, labels),
+        disagreements=_disagreements(images, all_logits, reference, labels, policies),
         data_flags=_data_flags(images),
     )
     _add_decisions(report, images, all_logits, outcomes, policies)
@@ -413,13 +412,18 @@ def _throughput(run: Callable[[Any], np.ndarray], pixels: np.ndarray | list[np.n
 
 
 def _disagreements(
-    images: list[LabelledImage], all_logits: dict[str, np.ndarray], reference: str, labels: list[str]
+    images: list[LabelledImage],
+    all_logits: dict[str, np.ndarray],
+    reference: str,
+    labels: list[str],
+    policies: dict[str, DecisionPolicy],
 ) -> list[dict[str, Any]]:
-    """Images where a variant's label differs from the reference's, with both probabilities."""
-    ref_probs = softmax(all_logits[reference])
+    """Images where a variant's label differs from the reference's, with both probabilities as
+    the runtime reports them (each file's temperature)."""
+    ref_probs = policies[reference].probabilities(all_logits[reference])
     found = []
     for name, logits in all_logits.items():
-        probs = softmax(logits)
+        probs = policies[name].probabilities(logits)
         for i in np.nonzero(probs.argmax(1) != ref_probs.argmax(1))[0]:
             found.append(
                 {

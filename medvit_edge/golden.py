@@ -54,6 +54,7 @@ class VariantCheck:
     max_abs_diff_tensor: float | None = None  # the golden tensor -> probabilities (numpy path)
     max_abs_pixel_diff: float | None = None  # this machine's preprocessing vs the golden tensor
     label_changes: int = 0
+    decision_changes: int = 0  # the file's policy applied to these vs the golden probabilities
     failures: tuple[str, ...] = ()
 
 
@@ -197,6 +198,10 @@ def _check_variant(
         if (value := numbers.get(key)) is not None and not value <= tolerance
     )
     labels = [classifier.labels[int(i)] for i in found.argmax(axis=1)]
+    # the same decisions on every device: a probability within tolerance can still cross a threshold
+    decided = classifier.decide(found)
+    changed = sum(a != b for a, b in zip(decided, classifier.decide(expected.astype(np.float32))))
+    failures += (f"{changed} decision(s) differ from the golden ones",) if changed else ()
     return VariantCheck(
         name,
         file,
@@ -205,6 +210,7 @@ def _check_variant(
         images=len(golden.pngs),
         provider=classifier.session.get_providers()[0],
         label_changes=sum(a != b for a, b in zip(labels, entry.get("top1", labels))),
+        decision_changes=changed,
         failures=failures,
         **numbers,
     )

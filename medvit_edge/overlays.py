@@ -174,7 +174,7 @@ def check_same_model(explainer: Explainer, classifier: Classifier) -> None:
     """The heat map must come from the weights that made the label."""
     mine, theirs = explainer.classifier.metadata, classifier.metadata
     same = mine.labels == theirs.labels and mine.preprocess == theirs.preprocess
-    if not same or (mine.source_sha256 and mine.source_sha256 != theirs.source_sha256):
+    if not same or mine.source_sha256 != theirs.source_sha256:  # both empty: neither says
         raise UserError(
             f"--overlays: {printable(explainer.path)} was exported from other weights than "
             f"{printable(classifier.path)} (labels, preprocessing or source_sha256 differ); "

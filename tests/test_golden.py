@@ -151,3 +151,31 @@ def test_export_with_no_golden_images_writes_none(tiny_run: Path, tmp_path: Path
     (tmp_path / "onnx" / "manifest.json").write_text(json.dumps(data))
     reread = Manifest.read(tmp_path / "onnx")
     assert reread is not None and reread.golden is None
+
+
+def test_a_decision_that_flips_within_tolerance_is_caught(
+    tiny_export: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probabilities within the fp32 tolerance can still cross a stored threshold: ``check``
+    compares the decisions too, so 'the same decisions on every device' is what it verifies."""
+    from medvit_edge.decision import DecisionPolicy, OperatingPoint
+
+    golden = json.loads((tiny_export / "golden" / "golden.json").read_text())
+    p0 = float(np.float32(golden["variants"]["fp32"]["probabilities"][0][0]))
+    loaded = Classifier.load(tiny_export / "model.onnx", device="cpu")
+    labels, temperature = loaded.labels, loaded.policy.temperature  # the golden ones are calibrated
+    threshold = float(np.nextafter(np.float32(p0), np.float32(1)))  # just above image 0's p(class 0)
+    point = OperatingPoint(labels[0], "sensitivity", 0.9, threshold, {"sensitivity": 1.0, "specificity": 0.5})
+    monkeypatch.setattr(Classifier, "policy", property(lambda self: DecisionPolicy(temperature, (point,))))
+    real_run = Classifier.run
+
+    def drifting(self: Classifier, batch: np.ndarray) -> np.ndarray:
+        logits = real_run(self, batch)
+        logits[:, 0] += 1e-4  # p(class 0) moves by ~1e-5: inside fp32's 1e-4 tolerance
+        return logits
+
+    monkeypatch.setattr(Classifier, "run", drifting)
+    fp32 = {v.variant: v for v in check(tiny_export, device="cpu").variants}["fp32"]
+    assert fp32.max_abs_diff is not None and fp32.max_abs_diff < fp32.tolerance
+    assert fp32.decision_changes >= 1 and fp32.result == "disagree"
+    assert any("decision" in failure for failure in fp32.failures)
