@@ -226,7 +226,7 @@ class Exporter:
             variant=variant.name,
             status=status,
             sha256=classifier.sha256,  # of the very bytes that were validated
-            size_bytes=path.stat().st_size + sum(c.size_bytes for c in classifier.companions),
+            size_bytes=classifier.size_bytes,  # an IR's .bin included
             export_seconds=round(seconds, 2),
             validation=check,
             quantization=quantization or {},

@@ -279,7 +279,11 @@ def measure_one(job: dict[str, Any]) -> dict[str, Any]:
     classifier = Classifier.load(path, device=job["device"], threads=job["threads"])
     load_s = time.perf_counter() - started
     labelled = job["images"]
-    result: dict[str, Any] = {"variant": classifier.variant, "size_mb": _size_mb(path), "load_s": load_s}
+    result: dict[str, Any] = {
+        "variant": classifier.variant,
+        "size_mb": classifier.size_bytes / 1e6,
+        "load_s": load_s,
+    }
     if labelled is not None and job["accuracy"]:
         result.update(_accuracy(classifier, labelled))
     batch = _timing_batch(labelled, job["batch"])
@@ -287,13 +291,6 @@ def measure_one(job: dict[str, Any]) -> dict[str, Any]:
     result.update(p50_ms=latency.p50_ms / len(batch), p95_ms=latency.p95_ms / len(batch))
     result["peak_rss_mb"] = peak_rss_mb()
     return result
-
-
-def _size_mb(path: Path) -> float:
-    """The model's bytes (an OpenVINO IR's .xml with the .bin beside it)."""
-    weights = path.with_suffix(".bin")
-    extra = weights.stat().st_size if path.suffix == ".xml" and weights.is_file() else 0
-    return (path.stat().st_size + extra) / 1e6
 
 
 def _timing_batch(labelled: list[list[Any]] | None, batch: int) -> list[Any]:

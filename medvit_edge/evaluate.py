@@ -251,7 +251,7 @@ def load_models(cfg: EvaluateConfig) -> tuple[list[EvaluatedModel], list[str], P
         classifier = Classifier.load(path, device="cpu", threads=cfg.threads)
         loaded = max(rss_mb() - before, 0.0)
         run = classifier.run_raw if classifier.raw_input else classifier.run  # raw logits
-        size = path.stat().st_size + sum(c.size_bytes for c in classifier.companions)  # + an IR's .bin
+        size = classifier.size_bytes  # an IR's .bin included
         models.append(
             EvaluatedModel(
                 classifier.variant,

@@ -243,6 +243,11 @@ class Classifier:
         """Files loaded beside ``path`` (an OpenVINO IR's weights), with their sha256."""
         return tuple(getattr(self.session, "companions", ()))
 
+    @property
+    def size_bytes(self) -> int:
+        """The model's bytes on disk: the file, plus an IR's weights file."""
+        return self.path.stat().st_size + sum(companion.size_bytes for companion in self.companions)
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed (N, 3, size, size) float32 -> logits (N, classes), any N."""
         if self.raw_input:
