@@ -11,14 +11,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from medvit_edge.errors import UserError
+from medvit_edge.openvino_backend import InferencePrecision
 from medvit_edge.options import validate_literals
 
 Preset = Literal["mixed", "performance"]
 OverflowFix = Literal["enable", "disable", "first_layer_only"]
 TargetDevice = Literal["ANY", "CPU", "CPU_SPR"]
-# What the runtime compiles the float layers in (medvit_edge/openvino_backend.py); "default" is
-# OpenVINO's choice: bf16 on CPUs with bf16 units, so results then differ between CPUs.
-InferencePrecision = Literal["f32", "bf16", "f16", "default"]
 INSTALL_HINT = "pip install 'medvit-edge[openvino-export]'"
 
 

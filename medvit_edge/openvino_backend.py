@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
@@ -51,7 +51,9 @@ INSTALL_HINT = "OpenVINO is not installed; run .xml models after: pip install 'm
 RT_INFO_ROOT = "medvit_edge"  # the IR's runtime info section holding our metadata
 PROVIDER = "OpenVINO CPU"
 Hint = Literal["latency", "throughput"]
-InferencePrecision = Literal["f32", "bf16", "f16", "default"]  # "default": OpenVINO's choice
+# What the float layers are compiled in (also OpenVinoInt8Config's field); "default" is OpenVINO's
+# choice: bf16 on CPUs with bf16 units, so results then differ between CPUs.
+InferencePrecision = Literal["f32", "bf16", "f16", "default"]
 _TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "u8": "tensor(uint8)", "i64": "tensor(int64)"}
 
 
@@ -219,7 +221,7 @@ def inference_precision(props: dict[str, str]) -> str:
     except (json.JSONDecodeError, RecursionError):
         return "f32"  # the metadata check at load reports the bad JSON
     value = quantization.get("inference_precision") if isinstance(quantization, dict) else None
-    return value if value in ("f32", "bf16", "f16", "default") else "f32"
+    return value if value in get_args(InferencePrecision) else "f32"
 
 
 def load_classifier(
