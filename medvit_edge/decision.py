@@ -50,7 +50,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from medvit_edge.errors import UserError
-from medvit_edge.metrics import brier_score, calibration, negative_log_likelihood, softmax
+from medvit_edge.metrics import brier_score, calibration, negative_log_likelihood, risk_coverage, softmax
 
 logger = logging.getLogger(__name__)
 
@@ -355,22 +355,19 @@ def choose_refer_rule(
     y = _check_fit_inputs(p, label_ids)
     names = list(labels) if labels is not None else [str(i) for i in range(p.shape[1])]
     base = DecisionPolicy(operating_points=(operating_point,) if operating_point else ())
-    wrong = base.decision_indices(p, names) != y
-    confidence = p.max(axis=1)
-    order = np.argsort(-confidence, kind="stable")
-    conf, errors = confidence[order], np.cumsum(wrong[order])
-    n = len(y)
-    # accept the top k images: a valid cut only where the confidence drops
-    ks = [k for k in range(1, n + 1) if k == n or conf[k] < conf[k - 1]]
-    candidates = [(k, int(errors[k - 1]) / k, float(conf[k - 1])) for k in ks]
-    meeting = [c for c in candidates if c[1] <= target_risk + 1e-12]
-    if not meeting:
-        lowest = min(candidates, key=lambda c: (c[1], -c[0]))
+    right = base.decision_indices(p, names) == y
+    # accept the images at or above each distinct confidence (a cut never splits a tie)
+    curve = risk_coverage(p.max(axis=1), right)
+    risks, counts, n = curve["risk"], curve["accepted"], len(y)
+    meeting = np.nonzero(risks <= target_risk + 1e-12)[0]
+    if not len(meeting):
+        lowest = int(np.lexsort((-counts, risks))[0])  # the lowest risk, then the most accepted
         raise UserError(
             f"--refer-risk {target_risk:g}: no refer threshold reaches it on the validation images; the "
-            f"lowest risk among accepted cases is {lowest[1]:.3f} (accepting {lowest[0]}/{n})"
+            f"lowest risk among accepted cases is {risks[lowest]:.3f} (accepting {counts[lowest]}/{n})"
         )
-    accepted, risk, threshold = max(meeting, key=lambda c: (c[0], c[2]))
+    best = int(meeting[-1])  # the curve accepts more images at every step: the last one covers most
+    accepted, risk, threshold = int(counts[best]), float(risks[best]), float(curve["threshold"][best])
     validation = {"coverage": accepted / n, "risk": risk, "images": n, "accepted": accepted}
     return ReferRule(threshold, target_risk, validation)
 
