@@ -34,7 +34,6 @@ from medvit_edge.manifest import Manifest, to_json_dict
 from medvit_edge.metrics import (
     auc_one_vs_rest,
     bootstrap_auc_and_balanced_accuracy,
-    calibration,
     classification_metrics,
     wilson_interval,
 )
@@ -363,7 +362,7 @@ def _row(
         recall_ci=intervals["recall"],
         specificity={label: metrics["per_class"][label]["specificity"] for label in labels},
         auc=dict(zip(labels, auc_one_vs_rest(truth, probabilities))),
-        ece=calibration(probabilities, truth)["ece"],
+        ece=outcome.calibration.after.ece,  # of these same (calibrated) probabilities
         confusion_matrix=metrics["confusion_matrix"],
         latency_p50_ms=latency.p50_ms,
         latency_p95_ms=latency.p95_ms,
