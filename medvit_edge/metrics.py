@@ -182,28 +182,16 @@ def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[f
 
     Unlike the percentile bootstrap it does not collapse at the edges: 120/120 gives
     (0.969, 1.000), not (1.000, 1.000)."""
+    from statistics import NormalDist  # here: the runtime imports this module and never needs it
+
     if trials <= 0:
         return None
-    z = _normal_quantile((1 + level) / 2)
+    z = NormalDist().inv_cdf((1 + level) / 2)  # the standard normal quantile
     p = successes / trials
     denominator = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denominator
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
-
-
-def _normal_quantile(q: float) -> float:
-    """Standard normal quantile by bisection on erf (no scipy in the runtime)."""
-    from math import erf, sqrt
-
-    low, high = -10.0, 10.0
-    for _ in range(100):
-        mid = (low + high) / 2
-        if 0.5 * (1 + erf(mid / sqrt(2))) < q:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
 
 
 def bootstrap_auc_and_balanced_accuracy(
