@@ -68,6 +68,36 @@ def _ort_fused_attention(source: Path, target: Path, calibration: np.ndarray) ->
     onnx_to_int8_dynamic(fused, target, Int8Config.for_target("portable"))
 
 
+def _ort_rewritten(*rewrites: str) -> Callable[[Path, Path, np.ndarray], None]:
+    """bench/graph_levers.py's rewrites of the fp32 graph, in order, then the default dynamic int8."""
+
+    def build(source: Path, target: Path, calibration: np.ndarray) -> None:
+        from bench import graph_levers
+        from bench.attention_fusion import fuse_attention
+        from bench.speed import SIZES
+        from medvit_edge.export.config import Int8Config
+        from medvit_edge.export.variants import onnx_to_int8_dynamic
+
+        size = SIZES[source.parent.name.removeprefix("vit-")]
+        heads, hidden = size["num_attention_heads"], size["hidden_size"]
+        steps: dict[str, Callable[[Path, Path], Any]] = {
+            "qkv": graph_levers.merge_qkv,
+            "patch": graph_levers.patch_embedding_as_matmul,
+            "mha": lambda a, b: fuse_attention(a, b, heads),
+            "ort": lambda a, b: graph_levers.ort_transformer_optimize(a, b, heads, hidden),
+        }
+        current, steps_written = source, []
+        for rewrite in rewrites:
+            current = target.with_name(f"{target.stem}.{rewrite}.onnx")
+            steps[rewrite](steps_written[-1] if steps_written else source, current)
+            steps_written.append(current)
+        onnx_to_int8_dynamic(current, target, Int8Config.for_target("portable"))
+        for written in steps_written:  # fp32 intermediates: a ViT-L copy is 1.2 GB each
+            written.unlink()
+
+    return build
+
+
 def _ort_static(source: Path, target: Path, calibration: np.ndarray) -> None:
     from medvit_edge.export.config import Int8Config
     from medvit_edge.export.variants import onnx_to_int8_static
@@ -141,6 +171,34 @@ LEVERS: tuple[Lever, ...] = (
         "ort",
         "ort-int8-mha.onnx",
         _ort_fused_attention,
+        {"session.intra_op.allow_spinning": "1"},
+    ),
+    Lever(
+        "onnxruntime int8 dynamic, 7-bit, Q/K/V as one MatMul, spinning threads",
+        "ort",
+        "ort-int8-qkv.onnx",
+        _ort_rewritten("qkv"),
+        {"session.intra_op.allow_spinning": "1"},
+    ),
+    Lever(
+        "onnxruntime int8 dynamic, 7-bit, patch embedding in int8, spinning threads",
+        "ort",
+        "ort-int8-patch.onnx",
+        _ort_rewritten("patch"),
+        {"session.intra_op.allow_spinning": "1"},
+    ),
+    Lever(
+        "onnxruntime int8 dynamic, 7-bit, Q/K/V one MatMul + patch embedding int8 + fused MultiHeadAttention, spinning",
+        "ort",
+        "ort-int8-qkv-patch-mha.onnx",
+        _ort_rewritten("qkv", "patch", "mha"),
+        {"session.intra_op.allow_spinning": "1"},
+    ),
+    Lever(
+        "onnxruntime int8 dynamic, 7-bit, onnxruntime transformer optimizer (+ our MultiHeadAttention), spinning",
+        "ort",
+        "ort-int8-ortopt.onnx",
+        _ort_rewritten("mha", "ort"),
         {"session.intra_op.allow_spinning": "1"},
     ),
     Lever(
@@ -383,14 +441,20 @@ Kept or dropped, and why:
   (13–23% slower: its Q/DQ pairs are not fused into the integer GEMMs on this CPU); the
   MultiHeadAttention fusion (`bench/attention_fusion.py`: onnxruntime's optimizer does not match
   the exported attention, so we fuse it ourselves; ≈1%, within noise); dynamic block scheduling
-  and denormals-as-zero (noise).
+  and denormals-as-zero (noise). Also dropped, from `bench/graph_levers.py`: Q/K/V as one
+  3×-wide MatMul per layer, the patch embedding as an int8 MatMul instead of a float Conv, and
+  the three together with the MultiHeadAttention fusion (each 1–2%, the three together 2% on
+  ViT-L and nothing on ViT-B: not worth a graph rewrite in every export); onnxruntime's own
+  transformer optimizer (SkipLayerNormalization, BiasGelu) 5–10% *slower* (its fused nodes stop
+  the runtime's int8 MatMul fusions; export's `--optimize` stays off for this reason).
 - **OpenVINO**: every NNCF setting (PERFORMANCE preset, SmoothQuant off, 7-bit weights) and every
   plugin setting (f32/bf16 float layers, pinning, TBB partitioner, denormals) lands within ±2% of
   the documented recipe; weight-only compression is 1.5× slower (the activations stay float).
   Export's `openvino-int8` uses the PERFORMANCE preset without SmoothQuant and 7-bit weights,
   chosen for accuracy (closer to PyTorch on the BUSI model), not speed.
 - **Why no lever reaches 0.9× here**: profiled on ViT-B, int8 GEMMs are ~72% of onnxruntime's
-  time and ~92% of OpenVINO's, and both libraries' int8 GEMM kernels run this CPU's AVX-512 VNNI
+  time (the rest: float attention MatMuls ~10%, GELU ~4%, patch-embedding Conv ~3%, LayerNorm
+  ~3%, transposes ~2%; the rewrites above each remove part of one of these) and ~92% of OpenVINO's, and both libraries' int8 GEMM kernels run this CPU's AVX-512 VNNI
   at the same speed; what remains after them (attention in fp32, GELU, LayerNorm, transposes:
   ~16 ms of ~65 in onnxruntime) is where onnxruntime is slower and OpenVINO faster, and the
   spinning pool wins back about 5%. On Intel CPUs with AMX, OpenVINO's int8 uses the AMX tiles
