@@ -6,7 +6,8 @@ every variant on the held-out test split: ECE/NLL/Brier before and after calibra
 operating point's test sensitivity/specificity with Wilson intervals, the risk–coverage table,
 and each quantized variant's decision agreement with fp32.
 
-    python -m bench.decision_busi [--run models/bench-small-busi] [--refer-risk 0.1]
+    python -m bench.decision_busi [--run models/bench-small-busi] [--refer-risk 0.1 0.3]
+                                  [--refer-confidence 0.9] [--openvino]
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from bench.common import REPO, machine, save_json, update_section
 REPORT_DIR = REPO / "docs" / "busi-decision-report"
 
 
-def export_with_policy(run_dir: Path, output: Path, refer_risks: list[float], openvino: bool) -> float:
+def export_with_policy(
+    run_dir: Path, output: Path, refer_risks: list[float], openvino: bool, confidence: float
+) -> float:
     """Export fp32/fp16/int8 (and OpenVINO when asked) with the policy; the first refer risk
-    the validation split can reach is kept. Returns it."""
+    the validation split can certify at ``confidence`` is kept. Returns it."""
     from medvit_edge.errors import UserError
     from medvit_edge.export import ExportConfig, export
 
@@ -39,6 +42,7 @@ def export_with_policy(run_dir: Path, output: Path, refer_risks: list[float], op
                     openvino=openvino,
                     operating_points=("malignant-sensitivity=0.95",),
                     refer_risk=risk,
+                    refer_confidence=confidence,
                     golden_images=0,
                     allow_degraded=True,
                 )
@@ -51,14 +55,22 @@ def export_with_policy(run_dir: Path, output: Path, refer_risks: list[float], op
     raise SystemExit(f"none of the refer risks {refer_risks} is reachable on validation")
 
 
-def summary(report: dict[str, Any], risk: float) -> str:
+def summary(report: dict[str, Any], risk: float, tried: list[float]) -> str:
     rows = report["variants"]
+    policy = report.get("policy") or {}
+    confidence, bound = policy.get("refer_confidence") or 0.0, policy.get("refer_risk_bound")
+    certified = (
+        f"refer risk {risk:g} certified at confidence {confidence:g} (validation bound {bound:.3f}; the "
+        f"first of {', '.join(f'{r:g}' for r in tried)} these 157 images can certify)"
+        if confidence and bound is not None
+        else f"refer risk {risk:g} (empirical: met on validation, no guarantee)"
+    )
     lines = [
-        f"Machine: {machine()}. Command: `python -m bench.decision_busi`. Model: `models/bench-small-busi` "
-        "(the training benchmark's small ViT). Policy fitted at export on the run's 157-image validation "
-        f"split (PyTorch fp32 logits): temperature, `malignant-sensitivity=0.95`, refer risk {risk:g}; "
-        "evaluated on the 156-image test split. Intervals: Wilson 95% for proportions. Full report: "
-        "`docs/busi-decision-report/report.md`.",
+        f"Machine: {machine()}. Command: `python -m bench.decision_busi --openvino`. Model: "
+        "`models/bench-small-busi` (the training benchmark's small ViT). Policy fitted at export on the "
+        "run's 157-image validation split (PyTorch fp32 logits): temperature, "
+        f"`malignant-sensitivity=0.95`, {certified}; evaluated on the 156-image test split. Intervals: "
+        "Wilson 95% for proportions. Full report: `docs/busi-decision-report/report.md`.",
         "",
         "| variant | test ECE raw → calibrated | test NLL raw → calibrated | malignant sensitivity at the "
         "0.95 point (test, 95% CI) | specificity | coverage (refer rule) | accepted accuracy | "
@@ -139,14 +151,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--run", type=Path, default=REPO / "models" / "bench-small-busi")
-    parser.add_argument("--refer-risk", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2])
+    parser.add_argument("--refer-risk", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4])
+    parser.add_argument("--refer-confidence", type=float, default=0.9)
     parser.add_argument("--openvino", action="store_true")
     args = parser.parse_args()
     from medvit_edge.evaluate import EvaluateConfig, evaluate
 
     output = args.run / "onnx-decision"
     shutil.rmtree(output, ignore_errors=True)
-    risk = export_with_policy(args.run, output, args.refer_risk, args.openvino)
+    risk = export_with_policy(args.run, output, args.refer_risk, args.openvino, args.refer_confidence)
     evaluate(EvaluateConfig(run_dir=args.run, onnx_dir=output, split="test", output=REPORT_DIR))
     validation_dir = REPORT_DIR / "validation"  # the split the temperature was fitted on
     evaluate(EvaluateConfig(run_dir=args.run, onnx_dir=output, split="validation", output=validation_dir))
@@ -158,7 +171,7 @@ def main() -> None:
     )
     body = "\n\n".join(
         [
-            summary(report, risk),
+            summary(report, risk, args.refer_risk),
             temperature_note(report),
             "Calibration on the validation split (where T was fitted), per variant:",
             calibration_table(validation),

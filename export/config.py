@@ -99,6 +99,8 @@ class ExportConfig:
     # decision policy (medvit_edge.decision), fitted once on the validation images' PyTorch logits
     operating_points: tuple[str, ...] = ()  # e.g. "malignant-sensitivity=0.95"; the first is applied
     refer_risk: float | None = None  # refer when unsure: at most this error among accepted cases
+    # probability that refer_risk holds on new images (0: only on the validation images)
+    refer_confidence: float = 0.9
     calibrate: bool = True  # temperature scaling (validation NLL)
 
     def __post_init__(self) -> None:
@@ -126,6 +128,8 @@ class ExportConfig:
             parse_operating_point(spec)  # a bad spelling fails before the model is loaded
         if self.refer_risk is not None and not 0 <= self.refer_risk < 1:
             raise UserError(f"--refer-risk must be in [0, 1), got {self.refer_risk:g}")
+        if not 0 <= self.refer_confidence < 1:
+            raise UserError(f"--refer-confidence must be in [0, 1), got {self.refer_confidence:g}")
 
     @property
     def int8_config(self) -> Int8Config:

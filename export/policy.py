@@ -48,6 +48,7 @@ def export_policy(
         cfg.refer_risk,
         split,
         calibrate=cfg.calibrate,
+        refer_confidence=cfg.refer_confidence,
     )
     policy = dataclasses.replace(policy, fitted_on={**policy.fitted_on, "source": validation.source})
     for name, text in policy.describe():

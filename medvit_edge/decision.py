@@ -29,10 +29,16 @@ on its own. Conformal prediction guarantees that a *set* of labels covers the tr
 probability; it says nothing about the error of single decisions, and a set such as
 {benign, malignant} is not a decision a triage list can act on.
 
-What is guaranteed, plainly: the thresholds meet their goals **on the validation images they
-were chosen on** (an empirical guarantee, not a statistical one). How they hold on new images
-is measured by ``medvit-edge evaluate``, which reports the test sensitivity, specificity,
-coverage and risk with confidence intervals.
+What is guaranteed, plainly: the operating points meet their goals **on the validation images
+they were chosen on** (empirical). The refer rule is **certified** by default: with
+``confidence`` c (export's ``--refer-confidence``, 0.9) the threshold is the one the selection
+with guaranteed risk of Geifman & El-Yaniv (2017) picks, so that with probability c over the draw
+of the validation images the error among accepted *new* images from the same distribution is at
+most the target; it needs enough validation images (about 45 accepted without an error at 5%
+risk), and export says so when they are too few. ``confidence`` 0 is the empirical rule, whose
+error on new images exceeds the target about half the time (measured in the tests). How every
+rule holds on new images is measured by ``medvit-edge evaluate``, which reports the test
+sensitivity, specificity, coverage and risk with confidence intervals.
 
 numpy only: this is runtime code.
 """
@@ -50,7 +56,14 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from medvit_edge.errors import UserError
-from medvit_edge.metrics import brier_score, calibration, negative_log_likelihood, risk_coverage, softmax
+from medvit_edge.metrics import (
+    binomial_upper_bound,
+    brier_score,
+    calibration,
+    negative_log_likelihood,
+    risk_coverage,
+    softmax,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +95,11 @@ class ReferRule:
     """Refer when the calibrated top probability is below ``threshold``."""
 
     threshold: float
-    target_risk: float  # at most this share of errors among accepted validation cases
+    target_risk: float  # at most this share of errors among accepted cases
     validation: dict[str, float] = field(default_factory=dict)  # coverage, risk, images, accepted
+    # 0: the risk holds on the validation images; c > 0: with probability c it holds on new images
+    # from the same distribution (validation["risk_bound"] is the bound that certified it)
+    confidence: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +165,7 @@ class DecisionPolicy:
             else {
                 "threshold": self.refer.threshold,
                 "target_risk": self.refer.target_risk,
+                "confidence": self.refer.confidence,
                 "validation": dict(self.refer.validation),
             },
             "fitted_on": dict(self.fitted_on),
@@ -197,13 +214,18 @@ class DecisionPolicy:
         if self.refer is None:
             rows.append(("refer", "never"))
         else:
-            v = self.refer.validation
+            v, rule = self.refer.validation, self.refer
+            certified = (
+                f", at most {v['risk_bound']:.3f} with probability {rule.confidence:g}"
+                if rule.confidence and "risk_bound" in v
+                else ""
+            )
             rows.append(
                 (
                     "refer",
-                    f"when the top probability < {self.refer.threshold:.4g} (target risk "
-                    f"{self.refer.target_risk:g}; validation coverage {v.get('coverage', math.nan):.3f}, "
-                    f"risk {v.get('risk', math.nan):.3f})",
+                    f"when the top probability < {rule.threshold:.4g} (target risk {rule.target_risk:g}; "
+                    f"validation coverage {v.get('coverage', math.nan):.3f}, "
+                    f"risk {v.get('risk', math.nan):.3f}{certified})",
                 )
             )
         return rows
@@ -345,12 +367,18 @@ def choose_refer_rule(
     *,
     labels: Sequence[str] | None = None,
     operating_point: OperatingPoint | None = None,
+    confidence: float = 0.0,
 ) -> ReferRule:
     """The refer threshold accepting the most validation images whose error among the accepted
     ones is at most ``target_risk``. Errors are counted on the decisions the policy makes: with
-    ``operating_point`` (and ``labels``) its decisions, else the argmax."""
+    ``operating_point`` (and ``labels``) its decisions, else the argmax.
+
+    ``confidence`` 0: the error is met on the validation images (empirical). ``confidence`` c > 0:
+    the error is certified for new images, with probability c (see ``_certified``)."""
     if not 0 <= target_risk < 1:
         raise UserError(f"--refer-risk must be in [0, 1), got {target_risk:g}")
+    if not 0 <= confidence < 1:
+        raise UserError(f"--refer-confidence must be in [0, 1), got {confidence:g}")
     p = np.asarray(probabilities, dtype=np.float64)
     y = _check_fit_inputs(p, label_ids)
     names = list(labels) if labels is not None else [str(i) for i in range(p.shape[1])]
@@ -358,18 +386,63 @@ def choose_refer_rule(
     right = base.decision_indices(p, names) == y
     # accept the images at or above each distinct confidence (a cut never splits a tie)
     curve = risk_coverage(p.max(axis=1), right)
-    risks, counts, n = curve["risk"], curve["accepted"], len(y)
+    best, bound = (
+        _certified(curve, target_risk, confidence) if confidence else (_empirical(curve, target_risk), None)
+    )
+    accepted, n = int(curve["accepted"][best]), len(y)
+    validation = {
+        "coverage": accepted / n,
+        "risk": float(curve["risk"][best]),
+        "images": n,
+        "accepted": accepted,
+    }
+    if bound is not None:
+        validation["risk_bound"] = bound
+    return ReferRule(float(curve["threshold"][best]), target_risk, validation, confidence)
+
+
+def _empirical(curve: dict[str, np.ndarray], target_risk: float) -> int:
+    risks, counts = curve["risk"], curve["accepted"]
     meeting = np.nonzero(risks <= target_risk + 1e-12)[0]
     if not len(meeting):
         lowest = int(np.lexsort((-counts, risks))[0])  # the lowest risk, then the most accepted
         raise UserError(
             f"--refer-risk {target_risk:g}: no refer threshold reaches it on the validation images; the "
-            f"lowest risk among accepted cases is {risks[lowest]:.3f} (accepting {counts[lowest]}/{n})"
+            f"lowest risk among accepted cases is {risks[lowest]:.3f} "
+            f"(accepting {counts[lowest]}/{counts[-1]})"
         )
-    best = int(meeting[-1])  # the curve accepts more images at every step: the last one covers most
-    accepted, risk, threshold = int(counts[best]), float(risks[best]), float(curve["threshold"][best])
-    validation = {"coverage": accepted / n, "risk": risk, "images": n, "accepted": accepted}
-    return ReferRule(threshold, target_risk, validation)
+    return int(meeting[-1])  # the curve accepts more images at every step: the last one covers most
+
+
+def _certified(curve: dict[str, np.ndarray], target_risk: float, confidence: float) -> tuple[int, float]:
+    """Selection with guaranteed risk (Geifman & El-Yaniv 2017, "Selective classification for deep
+    neural networks"): a binary search over the thresholds, each tested by the one-sided
+    Clopper–Pearson bound at ``(1 - confidence) / steps``; the union bound over the ``steps``
+    tested thresholds makes "risk on new images <= target" hold with probability ``confidence``
+    for the one returned. Returns (curve index, its bound)."""
+    counts, errors = curve["accepted"], np.rint(curve["risk"] * curve["accepted"]).astype(int)
+    steps = max(1, math.ceil(math.log2(len(counts) + 1)))
+    delta = (1 - confidence) / steps
+    low, high, best, tested = 0, len(counts) - 1, None, []
+    for _ in range(steps):
+        if low > high:
+            break
+        middle = (low + high + 1) // 2
+        bound = binomial_upper_bound(int(errors[middle]), int(counts[middle]), delta)
+        tested.append((bound, middle))
+        if bound <= target_risk:
+            best, low = (middle, bound), middle + 1
+        else:
+            high = middle - 1
+    if best is None:
+        bound, index = min(tested)
+        raise UserError(
+            f"--refer-risk {target_risk:g} at --refer-confidence {confidence:g}: no refer threshold can be "
+            f"certified on these {counts[-1]} validation images; the best bound reached is {bound:.3f} "
+            f"(accepting {counts[index]}). Use more validation images, a larger --refer-risk, or "
+            "--refer-confidence 0 for the empirical rule"
+        )
+    return best
 
 
 def _calibration_stats(probabilities: np.ndarray, y: np.ndarray, suffix: str) -> dict[str, float]:
@@ -389,6 +462,7 @@ def fit_policy(
     split: str = "validation",
     *,
     calibrate: bool = True,
+    refer_confidence: float = 0.0,
 ) -> DecisionPolicy:
     """Temperature (unless ``calibrate`` is False), then each operating point and the refer rule
     on the calibrated probabilities of the same images. ``fitted_on`` records the split, the
@@ -406,7 +480,9 @@ def fit_policy(
     refer = None
     if refer_risk is not None:
         applied = points[0] if points else None
-        refer = choose_refer_rule(probabilities, y, refer_risk, labels=labels, operating_point=applied)
+        refer = choose_refer_rule(
+            probabilities, y, refer_risk, labels=labels, operating_point=applied, confidence=refer_confidence
+        )
     fitted_on = {
         "split": split,
         "images": len(y),

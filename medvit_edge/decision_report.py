@@ -87,6 +87,7 @@ class ReferResult:
     validation: dict[str, float]
     coverage: Proportion  # accepted (not referred) / images
     accepted_accuracy: Proportion  # decisions equal to the truth / accepted
+    confidence: float = 0.0  # the rule's certification level (0: empirical, validation only)
 
 
 @dataclass
@@ -205,6 +206,7 @@ def _refer_result(
         validation=dict(rule.validation),
         coverage=proportion(len(accepted), len(decisions)),
         accepted_accuracy=proportion(sum(d == t for d, t in accepted), len(accepted)),
+        confidence=float(rule.confidence),
     )
 
 
@@ -287,5 +289,7 @@ def describe_policy(policy: DecisionPolicy, source: str) -> dict[str, Any]:
         "operating_points": [p.name for p in policy.operating_points],
         "refer_threshold": policy.refer.threshold if policy.refer else None,
         "refer_target_risk": policy.refer.target_risk if policy.refer else None,
+        "refer_confidence": policy.refer.confidence if policy.refer else None,
+        "refer_risk_bound": policy.refer.validation.get("risk_bound") if policy.refer else None,
         "fitted_on": dict(policy.fitted_on),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -192,6 +193,28 @@ def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[f
     centre = (p + z * z / (2 * trials)) / denominator
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def binomial_upper_bound(errors: int, trials: int, delta: float) -> float:
+    """One-sided Clopper–Pearson upper bound on an error rate: the largest ``p`` under which
+    seeing at most ``errors`` in ``trials`` still has probability >= ``delta``. With probability
+    at least ``1 - delta`` the true rate is below it (1.0 for 0 trials)."""
+    if trials <= 0 or errors >= trials:
+        return 1.0
+    i = np.arange(errors + 1)
+    lg = math.lgamma
+    log_comb = np.array([lg(trials + 1) - lg(k + 1) - lg(trials - k + 1) for k in range(errors + 1)])
+
+    def cdf(p: float) -> float:  # P(Binomial(trials, p) <= errors), summed in log space
+        terms = log_comb + i * math.log(p) + (trials - i) * math.log1p(-p)
+        top = terms.max()
+        return float(math.exp(top) * np.exp(terms - top).sum())
+
+    low, high = errors / trials, 1.0
+    for _ in range(60):  # bisection: the CDF falls as p rises; 2^-60 is far below any use
+        middle = (low + high) / 2
+        low, high = (middle, high) if middle > 0 and cdf(middle) >= delta else (low, middle)
+    return high
 
 
 def bootstrap_auc_and_balanced_accuracy(

@@ -18,6 +18,7 @@ from medvit_edge.metadata import MetadataError
 _POLICY_KEYS = {"temperature", "operating_points", "refer", "fitted_on"}
 _POINT_KEYS = {"positive", "goal", "target", "threshold", "validation"}
 _REFER_KEYS = {"threshold", "target_risk", "validation"}
+_REFER_OPTIONAL = frozenset({"confidence"})  # files made before the certified rule have no confidence: 0
 
 
 def policy_from_json(text: str, source: str) -> DecisionPolicy:
@@ -66,16 +67,17 @@ def _point(data: Any, where: str) -> OperatingPoint:
 
 
 def _refer(data: Any, where: str) -> ReferRule:
-    _object(data, _REFER_KEYS, where)
+    _object(data, _REFER_KEYS, where, optional=_REFER_OPTIONAL)
     threshold = _unit(data["threshold"], f"{where} threshold")
     risk = _unit(data["target_risk"], f"{where} target_risk")
-    return ReferRule(threshold, risk, _numbers(data["validation"], where))
+    confidence = _unit(data.get("confidence", 0.0), f"{where} confidence")
+    return ReferRule(threshold, risk, _numbers(data["validation"], where), confidence)
 
 
-def _object(data: Any, keys: set[str], where: str) -> None:
+def _object(data: Any, keys: set[str], where: str, optional: frozenset[str] = frozenset()) -> None:
     if not isinstance(data, dict):
         raise MetadataError(f"{where} must be a JSON object")
-    missing, unknown = sorted(keys - data.keys()), sorted(data.keys() - keys)
+    missing, unknown = sorted(keys - data.keys()), sorted(data.keys() - keys - optional)
     if missing or unknown:
         what = "; ".join(
             text

@@ -247,7 +247,10 @@ def _refer_lines(report: EvaluationReport) -> list[str]:
     lines += [
         f"`{REFER}` when the calibrated top probability is below the stored threshold (checked "
         "before the operating point). Coverage = images decided / images; accepted "
-        "accuracy = decisions equal to the truth / images decided (Wilson 95% CI).",
+        "accuracy = decisions equal to the truth / images decided (Wilson 95% CI). A rule certified "
+        "at confidence c (`--refer-confidence`) shows its validation bound: with probability c the "
+        "risk on new images is at most that; an empirical rule (c = 0) promises nothing beyond "
+        "the validation images.",
         "",
         "| variant | refer when top p < | target risk | validation coverage / risk | coverage here "
         "| accepted accuracy here |",
@@ -256,6 +259,10 @@ def _refer_lines(report: EvaluationReport) -> list[str]:
     for row, rule in rules:
         val = rule.validation
         chosen = f"{val.get('coverage', float('nan')):.3f} / {val.get('risk', float('nan')):.3f}"
+        if rule.confidence and "risk_bound" in val:
+            chosen += f" (≤ {val['risk_bound']:.3f} at {rule.confidence:g})"
+        else:
+            chosen += " (empirical)"
         lines.append(
             f"| {row.variant} | {rule.threshold:.4g} | {rule.target_risk:g} | {chosen} "
             f"| {_prop(rule.coverage)} | {_prop(rule.accepted_accuracy)} |"

@@ -159,6 +159,74 @@ def test_refer_rule_that_cannot_be_met_says_the_best_risk() -> None:
         choose_refer_rule(p, y, 1.5)
 
 
+def _accepted_test_risk(probabilities: np.ndarray, y: np.ndarray, threshold: float) -> float:
+    accepted = probabilities.max(axis=1) >= threshold
+    return float((probabilities[accepted].argmax(axis=1) != y[accepted]).mean()) if accepted.any() else 0.0
+
+
+def test_certified_refer_rule_holds_on_new_images_as_often_as_it_promises(rng: np.random.Generator) -> None:
+    """100 validation sets from one distribution: the empirical rule's risk on new images exceeds
+    the target about half the time (what the BUSI test split showed), the certified rule at
+    confidence 0.9 at most ~10% of the time, and it still accepts images."""
+    test_logits, test_y = _calibrated_sample(rng, 40000)
+    test_p = softmax(test_logits)
+    broken = {0.0: 0, 0.9: 0}
+    coverage = []
+    for _ in range(100):
+        logits, y = _calibrated_sample(rng, 1500)
+        p = softmax(logits)
+        for confidence in broken:
+            rule = choose_refer_rule(p, y, 0.1, confidence=confidence)
+            broken[confidence] += _accepted_test_risk(test_p, test_y, rule.threshold) > 0.1
+            if confidence:
+                coverage.append(rule.validation["coverage"])
+                assert rule.validation["risk"] <= rule.validation["risk_bound"] <= 0.1
+    assert broken[0.0] / 100 > 0.3  # the test can tell the two rules apart
+    assert broken[0.9] / 100 <= 0.15  # 0.1 promised; the slack is Monte Carlo noise (sd ~0.03)
+    assert 0.1 < float(np.mean(coverage)) < 1
+
+
+def test_binomial_upper_bound_is_clopper_pearson() -> None:
+    from medvit_edge.metrics import binomial_upper_bound
+
+    beta = pytest.importorskip("scipy.stats").beta
+
+    assert binomial_upper_bound(0, 45, 0.1) == pytest.approx(1 - 0.1 ** (1 / 45), abs=1e-9)
+    for errors, trials, delta in ((0, 10, 0.05), (3, 50, 0.1), (17, 157, 0.0125), (40, 2000, 0.01)):
+        expected = beta.ppf(1 - delta, errors + 1, trials - errors)
+        assert binomial_upper_bound(errors, trials, delta) == pytest.approx(expected, abs=1e-7)
+    assert binomial_upper_bound(5, 5, 0.1) == 1.0 and binomial_upper_bound(0, 0, 0.1) == 1.0
+
+
+def test_certified_refer_rule_that_cannot_be_certified_says_what_to_change() -> None:
+    p = np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.3, 0.6]], np.float32)
+    y = np.array([0, 0, 2])  # all right, but 3 images certify nothing below 0.5 at 0.9
+    with pytest.raises(
+        UserError, match=r"refer-confidence 0\.9: no refer threshold can be certified on these 3"
+    ):
+        choose_refer_rule(p, y, 0.1, confidence=0.9)
+    assert choose_refer_rule(p, y, 0.1).validation["coverage"] == 1.0  # empirically it is met
+    with pytest.raises(UserError, match="refer-confidence"):
+        choose_refer_rule(p, y, 0.1, confidence=1.0)
+
+
+def test_policy_json_keeps_the_confidence_and_reads_older_files_as_empirical(
+    rng: np.random.Generator,
+) -> None:
+    logits, y = _calibrated_sample(rng, 2000)
+    policy = fit_policy(logits, y, LABELS, (), 0.1, refer_confidence=0.9)
+    assert policy.refer is not None and policy.refer.confidence == 0.9
+    again = DecisionPolicy.from_json(policy.to_json())
+    assert again == policy
+    assert any("with probability 0.9" in text for _, text in again.describe())
+    older = json.loads(policy.to_json())
+    del older["refer"]["confidence"]
+    assert DecisionPolicy.from_dict(older).refer.confidence == 0.0  # type: ignore[union-attr]
+    older["refer"]["confidence"] = 1.5
+    with pytest.raises(MetadataError, match="confidence"):
+        DecisionPolicy.from_dict(older)
+
+
 def test_decide_refers_unsure_cases_then_applies_the_point() -> None:
     point = OperatingPoint("malignant", "sensitivity", 0.9, 0.3, {})
     policy = DecisionPolicy(1.0, (point,), ReferRule(0.6, 0.05, {}))
@@ -328,6 +396,7 @@ def test_bad_operating_point_is_one_line_exit_2(tmp_path: Path) -> None:
         ["--operating-point", "malignant-recall=0.9"],
         ["--operating-point", "malignant-sensitivity=abc"],
         ["--refer-risk", "1.5"],
+        ["--refer-risk", "0.1", "--refer-confidence", "1"],
     ):
         result = CliRunner().invoke(cli.main, ["export", str(tmp_path), *args])
         assert result.exit_code == 2, result.output

@@ -217,7 +217,15 @@ class _ExportCommand(click.Command):
     "--refer-risk",
     type=float,
     help="Decide 'refer' when unsure: the threshold on the top probability that keeps the error among "
-    "accepted validation images at or below this (e.g. 0.05). [default: never refer]",
+    "accepted cases at or below this (e.g. 0.05). [default: never refer]",
+)
+@click.option(
+    "--refer-confidence",
+    type=float,
+    default=field_default(ExportConfig, "refer_confidence"),
+    show_default=True,
+    help="With --refer-risk: the probability that the error bound holds on new images, certified on "
+    "the validation images by a binomial bound (0: met on the validation images only, no guarantee).",
 )
 @click.option(
     "--calibrate/--no-calibrate",
