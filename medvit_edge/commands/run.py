@@ -110,17 +110,8 @@ def infer(
     require("runtime")
     from medvit_edge.files import Terminated, exit_on_signals
     from medvit_edge.infer import InferConfig, OutputWriteError, format_predictions
-    from medvit_edge.infer import infer as run_infer
 
-    if engine == "ray":
-        require("ray")
-        from medvit_edge.ray_engine import infer_on_ray
-
-        run_infer = functools.partial(infer_on_ray, address=address, workers=workers)  # type: ignore[assignment]
-    elif address is not None or workers is not None:
-        raise UserError("--address and --workers go with --engine ray")
-    if engine == "ray" and (values.get("dicom_out") or values.get("audit_log") or values.get("overlays")):
-        raise UserError("--dicom-out, --audit-log and --overlays go with the local engine")
+    run_infer = _infer_engine(engine, address, workers, values)
     cfg = InferConfig(model=model, inputs=list(paths), progress=not quiet, **values)
     try:
         with exit_on_signals():
@@ -130,14 +121,7 @@ def infer(
         click.echo(f"Error: stopped by {exc.signal_name}{kept}", err=True)
         raise
     except OutputWriteError as exc:
-        _print_infer_summary(exc.summary)
-        try:
-            format_predictions(sys.stdout, exc.summary.rows, exc.summary.labels, terminal=sys.stdout.isatty())
-            sys.stdout.flush()
-            fallback = "; the predictions were printed on stdout instead"
-        except OSError:
-            fallback = "; printing them on stdout failed too"
-        click.echo(f"Error: {printable(exc)}{fallback}", err=True)
+        _print_instead_of_the_output(exc)
         sys.exit(EXIT_UNUSABLE)
     except UserError as exc:
         click.echo(f"Error: {printable(exc)}", err=True)
@@ -147,6 +131,37 @@ def infer(
         sys.stdout.flush()
     _print_infer_summary(summary)
     sys.exit(summary.exit_code)
+
+
+def _infer_engine(engine: str, address: str | None, workers: int | None, values: dict[str, Any]) -> Any:
+    """``medvit_edge.infer.infer``, or the Ray engine with its cluster options bound."""
+    from medvit_edge.infer import infer as local_infer
+
+    if engine != "ray":
+        if address is not None or workers is not None:
+            raise UserError("--address and --workers go with --engine ray")
+        return local_infer
+    require("ray")
+    from medvit_edge.ray_engine import infer_on_ray
+
+    if values.get("dicom_out") or values.get("audit_log") or values.get("overlays"):
+        raise UserError("--dicom-out, --audit-log and --overlays go with the local engine")
+    return functools.partial(infer_on_ray, address=address, workers=workers)
+
+
+def _print_instead_of_the_output(exc: Any) -> None:
+    """The output file could not be written (disk full): the previous file is kept, and the
+    predictions go to stdout so the run's work is not lost."""
+    from medvit_edge.infer import format_predictions
+
+    _print_infer_summary(exc.summary)
+    try:
+        format_predictions(sys.stdout, exc.summary.rows, exc.summary.labels, terminal=sys.stdout.isatty())
+        sys.stdout.flush()
+        fallback = "; the predictions were printed on stdout instead"
+    except OSError:
+        fallback = "; printing them on stdout failed too"
+    click.echo(f"Error: {printable(exc)}{fallback}", err=True)
 
 
 def _print_infer_summary(summary: Any) -> None:
