@@ -31,14 +31,17 @@ probability; it says nothing about the error of single decisions, and a set such
 
 What is guaranteed, plainly: the operating points meet their goals **on the validation images
 they were chosen on** (empirical). The refer rule is **certified** by default: with
-``confidence`` c (export's ``--refer-confidence``, 0.9) the threshold is the one the selection
-with guaranteed risk of Geifman & El-Yaniv (2017) picks, so that with probability c over the draw
-of the validation images the error among accepted *new* images from the same distribution is at
-most the target; it needs enough validation images (about 45 accepted without an error at 5%
-risk), and export says so when they are too few. ``confidence`` 0 is the empirical rule, whose
-error on new images exceeds the target about half the time (measured in the tests). How every
-rule holds on new images is measured by ``medvit-edge evaluate``, which reports the test
-sensitivity, specificity, coverage and risk with confidence intervals.
+``confidence`` c (export's ``--refer-confidence``, 0.9) the threshold is the one selection with
+guaranteed risk (Geifman & El-Yaniv 2017) picks, so that with probability c over the draw of the
+validation images the error *rate* among accepted new images from the same distribution (same
+scanners, same population) is at most the target. A finite batch of new images can still show
+more errors than that rate, and nothing is promised under a shift (another scanner or hospital).
+It needs validation images: at 5% risk about 90 accepted ones without an error (86 for 157
+validation images, more with errors), and export says so when there are too few. ``confidence`` 0
+is the empirical rule, whose error on new images often exceeds the target (in 47 of 100
+simulated validation sets in the tests). How every rule holds on new images is measured by
+``medvit-edge evaluate``, which reports the test sensitivity, specificity, coverage and risk with
+confidence intervals.
 
 numpy only: this is runtime code.
 """
@@ -416,14 +419,28 @@ def _empirical(curve: dict[str, np.ndarray], target_risk: float) -> int:
 
 def _certified(curve: dict[str, np.ndarray], target_risk: float, confidence: float) -> tuple[int, float]:
     """Selection with guaranteed risk (Geifman & El-Yaniv 2017, "Selective classification for deep
-    neural networks"): a binary search over the thresholds, each tested by the one-sided
+    neural networks"): a binary search over the thresholds, each tested by its one-sided
     Clopper–Pearson bound at ``(1 - confidence) / steps``; the union bound over the ``steps``
-    tested thresholds makes "risk on new images <= target" hold with probability ``confidence``
-    for the one returned. Returns (curve index, its bound)."""
+    tests makes "risk on new images from the same distribution <= target" hold with probability
+    ``confidence`` for the one returned. The search starts at the fewest accepted images that
+    could ever certify the target (a count that needs no label), so it does not spend its steps on
+    thresholds too strict to pass. Returns (curve index, its bound)."""
     counts, errors = curve["accepted"], np.rint(curve["risk"] * curve["accepted"]).astype(int)
+    images = int(counts[-1])
     steps = max(1, math.ceil(math.log2(len(counts) + 1)))
     delta = (1 - confidence) / steps
-    low, high, best, tested = 0, len(counts) - 1, None, []
+    # with no error among m accepted the bound is 1 - delta^(1/m): below the target only from here
+    fewest = math.inf if target_risk <= 0 else math.ceil(math.log(delta) / math.log1p(-target_risk))
+    where = f"--refer-risk {target_risk:g} at --refer-confidence {confidence:g}"
+    if target_risk <= 0:
+        raise UserError(f"{where}: a risk of 0 can never be certified; give a risk above 0")
+    if fewest > images:
+        raise UserError(
+            f"{where}: certifying it needs at least {fewest} accepted validation images without an error, "
+            f"and there are {images}; use more validation images, a larger --refer-risk, or "
+            "--refer-confidence 0 for the empirical rule"
+        )
+    low, high, best, tested = int(np.searchsorted(counts, fewest)), len(counts) - 1, None, []
     for _ in range(steps):
         if low > high:
             break
@@ -437,10 +454,9 @@ def _certified(curve: dict[str, np.ndarray], target_risk: float, confidence: flo
     if best is None:
         bound, index = min(tested)
         raise UserError(
-            f"--refer-risk {target_risk:g} at --refer-confidence {confidence:g}: no refer threshold can be "
-            f"certified on these {counts[-1]} validation images; the best bound reached is {bound:.3f} "
-            f"(accepting {counts[index]}). Use more validation images, a larger --refer-risk, or "
-            "--refer-confidence 0 for the empirical rule"
+            f"{where}: no refer threshold can be certified on these {images} validation images; the best "
+            f"bound reached is {bound:.3f} (accepting {counts[index]}). Use more validation images, a "
+            "larger --refer-risk, or --refer-confidence 0 for the empirical rule"
         )
     return best
 

@@ -199,6 +199,8 @@ def binomial_upper_bound(errors: int, trials: int, delta: float) -> float:
     """One-sided Clopper–Pearson upper bound on an error rate: the largest ``p`` under which
     seeing at most ``errors`` in ``trials`` still has probability >= ``delta``. With probability
     at least ``1 - delta`` the true rate is below it (1.0 for 0 trials)."""
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
     if trials <= 0 or errors >= trials:
         return 1.0
     i = np.arange(errors + 1)
@@ -213,6 +215,8 @@ def binomial_upper_bound(errors: int, trials: int, delta: float) -> float:
     low, high = errors / trials, 1.0
     for _ in range(60):  # bisection: the CDF falls as p rises; 2^-60 is far below any use
         middle = (low + high) / 2
+        if middle >= 1.0:  # the bound is within a float step of 1 (log1p(-1) is undefined)
+            break
         low, high = (middle, high) if middle > 0 and cdf(middle) >= delta else (low, middle)
     return high
 

@@ -71,7 +71,16 @@ def _refer(data: Any, where: str) -> ReferRule:
     threshold = _unit(data["threshold"], f"{where} threshold")
     risk = _unit(data["target_risk"], f"{where} target_risk")
     confidence = _unit(data.get("confidence", 0.0), f"{where} confidence")
-    return ReferRule(threshold, risk, _numbers(data["validation"], where), confidence)
+    validation = _numbers(data["validation"], where)
+    if confidence >= 1:
+        raise MetadataError(f"{where}: confidence must be below 1, got {confidence:g}")
+    bound = validation.get("risk_bound")
+    if confidence > 0 and (bound is None or not 0 <= bound <= risk):
+        raise MetadataError(
+            f"{where}: a certified rule (confidence {confidence:g}) needs validation.risk_bound in "
+            f"[0, target_risk {risk:g}], got {bound!r}"
+        )
+    return ReferRule(threshold, risk, validation, confidence)
 
 
 def _object(data: Any, keys: set[str], where: str, optional: frozenset[str] = frozenset()) -> None:

@@ -198,16 +198,34 @@ def test_binomial_upper_bound_is_clopper_pearson() -> None:
     assert binomial_upper_bound(5, 5, 0.1) == 1.0 and binomial_upper_bound(0, 0, 0.1) == 1.0
 
 
-def test_certified_refer_rule_that_cannot_be_certified_says_what_to_change() -> None:
+def test_certified_refer_rule_that_cannot_be_certified_says_what_to_change(rng: np.random.Generator) -> None:
     p = np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.3, 0.6]], np.float32)
-    y = np.array([0, 0, 2])  # all right, but 3 images certify nothing below 0.5 at 0.9
-    with pytest.raises(
-        UserError, match=r"refer-confidence 0\.9: no refer threshold can be certified on these 3"
-    ):
+    y = np.array([0, 0, 2])  # all right, but 3 images are too few to certify anything
+    # 3 thresholds -> 2 tests at 0.05 each: 0 errors in m accepted certify 0.1 only from m = 29
+    with pytest.raises(UserError, match=r"needs at least 29 accepted validation images .* there are 3"):
         choose_refer_rule(p, y, 0.1, confidence=0.9)
     assert choose_refer_rule(p, y, 0.1).validation["coverage"] == 1.0  # empirically it is met
+    coin = softmax(rng.normal(0, 2, (200, 3)))
+    with pytest.raises(UserError, match=r"no refer threshold can be certified on these 200 .* best bound"):
+        choose_refer_rule(coin, rng.integers(0, 3, 200), 0.1, confidence=0.9)  # labels unrelated
     with pytest.raises(UserError, match="refer-confidence"):
         choose_refer_rule(p, y, 0.1, confidence=1.0)
+    with pytest.raises(UserError, match="risk of 0 can never be certified"):
+        choose_refer_rule(p, y, 0.0, confidence=0.9)
+
+
+def test_certified_rule_finds_a_size_past_a_risky_pocket_of_confident_cases(rng: np.random.Generator) -> None:
+    """The most confident 100 cases are right only 80% of the time, the next 1100 always, the rest
+    half the time: the error among the top k is high for small k and for large k, below the target
+    only in between; the search finds that window and takes its far end."""
+    n = 2000
+    confidence = np.sort(rng.uniform(0.34, 1.0, n))[::-1]
+    right = np.r_[rng.random(100) < 0.8, np.ones(1100, bool), rng.random(800) < 0.5]
+    p = np.column_stack([confidence, (1 - confidence) / 2, (1 - confidence) / 2])
+    y = np.where(right, 0, 1)
+    rule = choose_refer_rule(p, y, 0.05, confidence=0.9)
+    assert rule.validation["risk"] <= rule.validation["risk_bound"] <= 0.05
+    assert 0.5 < rule.validation["coverage"] < 0.65  # 1200 good ones; a few of the rest still fit
 
 
 def test_policy_json_keeps_the_confidence_and_reads_older_files_as_empirical(
@@ -222,9 +240,16 @@ def test_policy_json_keeps_the_confidence_and_reads_older_files_as_empirical(
     older = json.loads(policy.to_json())
     del older["refer"]["confidence"]
     assert DecisionPolicy.from_dict(older).refer.confidence == 0.0  # type: ignore[union-attr]
-    older["refer"]["confidence"] = 1.5
-    with pytest.raises(MetadataError, match="confidence"):
-        DecisionPolicy.from_dict(older)
+    for bad in ({"confidence": 1.5}, {"confidence": 1}, {"confidence": "0.9"}):
+        with pytest.raises(MetadataError, match="confidence"):
+            DecisionPolicy.from_dict({**older, "refer": {**older["refer"], **bad}})
+    certified = json.loads(policy.to_json())
+    for bound in (None, 7.0, 0.2, -0.1):  # absent, or not a bound at or below the target 0.1
+        validation = {k: v for k, v in certified["refer"]["validation"].items() if k != "risk_bound"}
+        if bound is not None:
+            validation["risk_bound"] = bound
+        with pytest.raises(MetadataError, match="risk_bound"):
+            DecisionPolicy.from_dict({**certified, "refer": {**certified["refer"], "validation": validation}})
 
 
 def test_decide_refers_unsure_cases_then_applies_the_point() -> None:
@@ -321,7 +346,10 @@ def policy_export(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     output = tmp_path_factory.mktemp("policy_export") / "onnx"
     args = ["export", str(tiny_run), "--output", str(output), "--fp16", "--int8", "--allow-degraded"]
     args += ["--operating-point", "malignant-sensitivity=0.9", "--operating-point", "benign-specificity=0.5"]
-    result = CliRunner().invoke(cli.main, [*args, "--refer-risk", "0.5", "--golden-images", "2"])
+    # the empirical rule: a certified one needs more validation images than the phantom run has
+    # (certification is tested on its own above)
+    refer = ["--refer-risk", "0.5", "--refer-confidence", "0"]
+    result = CliRunner().invoke(cli.main, [*args, *refer, "--golden-images", "2"])
     assert result.exit_code == 0, result.output
     assert "operating point (applied): malignant-sensitivity=0.9" in result.output
     return output
@@ -392,15 +420,17 @@ def test_classifier_and_infer_decide_with_the_policy(
 
 @needs_export
 def test_bad_operating_point_is_one_line_exit_2(tmp_path: Path) -> None:
-    for args in (
-        ["--operating-point", "malignant-recall=0.9"],
-        ["--operating-point", "malignant-sensitivity=abc"],
-        ["--refer-risk", "1.5"],
-        ["--refer-risk", "0.1", "--refer-confidence", "1"],
+    for args, says in (
+        (["--operating-point", "malignant-recall=0.9"], "operating point"),
+        (["--operating-point", "malignant-sensitivity=abc"], "operating point"),
+        (["--refer-risk", "1.5"], "--refer-risk must be"),
+        (["--refer-risk", "0.1", "--refer-confidence", "1"], "--refer-confidence must be"),
+        (["--refer-confidence", "0.95"], "goes with --refer-risk"),  # alone it would certify nothing
     ):
         result = CliRunner().invoke(cli.main, ["export", str(tmp_path), *args])
         assert result.exit_code == 2, result.output
         assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("Error: ")
+        assert says in result.output, result.output
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from medvit_edge.commands.common import (
     config_default,
@@ -14,6 +15,7 @@ from medvit_edge.commands.common import (
     only_given,
     require,
 )
+from medvit_edge.errors import UserError
 from medvit_edge.export.config import CalibrationMethod, ExportConfig, Int8Mode, TargetChoice
 from medvit_edge.options import choices, field_default, literal_values
 from medvit_edge.train.config import Attention, Precision, Recipe, ReportTo, TrainConfig
@@ -244,6 +246,9 @@ def export(**values: Any) -> None:
     require("export")
     from medvit_edge.export import export as run_export
 
+    given = click.get_current_context().get_parameter_source("refer_confidence")
+    if given == ParameterSource.COMMANDLINE and values.get("refer_risk") is None:
+        raise UserError("--refer-confidence goes with --refer-risk (it certifies the refer rule's risk)")
     result = run_export(ExportConfig(**values))
     for record in result.manifest.variants:
         check = record.validation
