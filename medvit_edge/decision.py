@@ -429,11 +429,11 @@ def _certified(curve: dict[str, np.ndarray], target_risk: float, confidence: flo
     images = int(counts[-1])
     steps = max(1, math.ceil(math.log2(len(counts) + 1)))
     delta = (1 - confidence) / steps
-    # with no error among m accepted the bound is 1 - delta^(1/m): below the target only from here
-    fewest = math.inf if target_risk <= 0 else math.ceil(math.log(delta) / math.log1p(-target_risk))
     where = f"--refer-risk {target_risk:g} at --refer-confidence {confidence:g}"
     if target_risk <= 0:
         raise UserError(f"{where}: a risk of 0 can never be certified; give a risk above 0")
+    # with no error among m accepted the bound is 1 - delta^(1/m): below the target only from here
+    fewest = math.ceil(math.log(delta) / math.log1p(-target_risk))
     if fewest > images:
         raise UserError(
             f"{where}: certifying it needs at least {fewest} accepted validation images without an error, "
