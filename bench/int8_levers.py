@@ -55,19 +55,6 @@ def _ort_dynamic(target_name: str, attention: bool = False) -> Callable[[Path, P
     return build
 
 
-def _ort_fused_attention(source: Path, target: Path, calibration: np.ndarray) -> None:
-    """bench/attention_fusion.py's MultiHeadAttention fusion, then the default dynamic int8."""
-    from bench.attention_fusion import fuse_attention
-    from bench.speed import SIZES
-    from medvit_edge.export.config import Int8Config
-    from medvit_edge.export.variants import onnx_to_int8_dynamic
-
-    heads = SIZES[source.parent.name.removeprefix("vit-")]["num_attention_heads"]
-    fused = target.with_name("fused-attention.onnx")
-    fuse_attention(source, fused, heads)
-    onnx_to_int8_dynamic(fused, target, Int8Config.for_target("portable"))
-
-
 def _ort_rewritten(*rewrites: str) -> Callable[[Path, Path, np.ndarray], None]:
     """bench/graph_levers.py's rewrites of the fp32 graph, in order, then the default dynamic int8."""
 
@@ -164,13 +151,13 @@ LEVERS: tuple[Lever, ...] = (
         "onnxruntime int8 dynamic, 7-bit, fused MultiHeadAttention",
         "ort",
         "ort-int8-mha.onnx",
-        _ort_fused_attention,
+        _ort_rewritten("mha"),
     ),
     Lever(
         "onnxruntime int8 dynamic, 7-bit, fused MultiHeadAttention, spinning threads",
         "ort",
         "ort-int8-mha.onnx",
-        _ort_fused_attention,
+        _ort_rewritten("mha"),
         {"session.intra_op.allow_spinning": "1"},
     ),
     Lever(
