@@ -1,4 +1,4 @@
-"""Decision support on the BUSI benchmark model (issue 15's check).
+"""Decision support on the BUSI benchmark model.
 
 Exports ``models/bench-small-busi`` with a calibrated decision policy fitted on the run's
 validation split (temperature, ``malignant-sensitivity=0.95``, a refer rule), then evaluates
@@ -197,7 +197,7 @@ def main() -> None:
     if args.render_only:
         write_section(json.loads(saved.read_text()))
         return
-    from medvit_edge.evaluate import EvaluateConfig, evaluate
+    from medvit_edge.evaluation.evaluate import EvaluateConfig, evaluate
 
     output = args.run / "onnx-decision"
     shutil.rmtree(output, ignore_errors=True)

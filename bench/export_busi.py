@@ -16,7 +16,7 @@ from bench.common import BUSI, machine, save_json, update_section
 
 def run(run_dir: Path, int8: str) -> dict[str, Any]:
     from medvit_edge.export import ExportConfig, export
-    from medvit_edge.manifest import to_json_dict
+    from medvit_edge.runtime.manifest import to_json_dict
 
     output = run_dir / f"onnx-bench-{int8}"
     started = time.perf_counter()

@@ -77,7 +77,7 @@ def documented_ptq(model: Any, folder: Path) -> Any:
     from PIL import Image
     from transformers import AutoImageProcessor
 
-    from medvit_edge.labelled import read_labelled_set
+    from medvit_edge.io.labelled import read_labelled_set
 
     processor = AutoImageProcessor.from_pretrained(folder)
     images = read_labelled_set(BUSI / "split.csv", "train")[:CALIBRATION_IMAGES]
@@ -102,7 +102,7 @@ def openvino_runners(folder: Path, threads: int) -> tuple[dict[str, Runner], dic
     End to end = the model's Hugging Face image processor, the compiled model, a softmax."""
     from transformers import AutoImageProcessor
 
-    from medvit_edge.metrics import softmax
+    from medvit_edge.runtime.policy import softmax
 
     processor = AutoImageProcessor.from_pretrained(folder)
     found: dict[str, Runner] = {}

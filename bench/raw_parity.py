@@ -5,7 +5,7 @@
     python -m bench.raw_parity speed  [--rounds 5]                      # on a quiet machine
 
 *Input difference*: the preprocessing graph (the one inside every raw-input file) against
-``medvit_edge.preprocess`` on the same decoded image, in 8-bit grey levels (|Δvalue| · std · 255).
+``medvit_edge.runtime.preprocess`` on the same decoded image, in 8-bit grey levels (|Δvalue| · std · 255).
 *Result difference*: each raw-input file against its numpy-path twin (and against the fp32
 file), probabilities from ``Classifier.predict_proba`` on the same decoded images.
 """
@@ -22,10 +22,10 @@ import numpy as np
 from PIL import Image
 
 from bench.common import BUSI, REPO, machine, save_json, update_section
-from medvit_edge.images import load_image
-from medvit_edge.labelled import read_labelled_set
-from medvit_edge.preprocess import PreprocessSpec, preprocess
-from medvit_edge.runtime import Classifier
+from medvit_edge.io.labelled import read_labelled_set
+from medvit_edge.runtime.classifier import Classifier
+from medvit_edge.runtime.images import load_image
+from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess
 from medvit_edge.timing import measure_latency
 
 logger = logging.getLogger("bench.raw_parity")

@@ -39,9 +39,9 @@ def build_model(root: Path) -> Path:
         return onnx
     from transformers import ViTConfig, ViTForImageClassification
 
-    from medvit_edge.checkpoint import save_model
     from medvit_edge.export import ExportConfig, export
-    from medvit_edge.preprocess import PreprocessSpec
+    from medvit_edge.io.checkpoint import save_model
+    from medvit_edge.runtime.preprocess import PreprocessSpec
 
     config = ViTConfig(
         **VIT_B, num_labels=3, id2label=dict(enumerate(LABELS)), label2id={k: i for i, k in enumerate(LABELS)}
@@ -76,8 +76,8 @@ def images(count: int) -> list[str]:
 
 
 def runners(model: Path, threads: int) -> dict[str, Callable[[list[str]], Any]]:
-    from medvit_edge.infer import InferConfig, infer
-    from medvit_edge.ray_engine import infer_on_ray
+    from medvit_edge.inference.command import InferConfig, infer
+    from medvit_edge.inference.ray_engine import infer_on_ray
 
     def config(paths: list[str]) -> Any:
         return InferConfig(model=model, inputs=paths, batch_size=8, progress=False)
@@ -140,8 +140,8 @@ def driver_rates(count: int = 100_000) -> dict[str, float]:
     import io
     import pickle
 
-    from medvit_edge.infer import format_predictions
-    from medvit_edge.parquet_out import table
+    from medvit_edge.inference.command import format_predictions
+    from medvit_edge.inference.parquet_out import table
 
     rows = [
         {"path": f"/archive/study{i // 50}/IM{i:06d}.dcm", "frame": i % 50, "label": "benign",

@@ -36,9 +36,9 @@ from PIL import Image
 from bench.common import BUSI, REPO, machine, save_json
 from bench.peers import Runner, build_openvino_peers, openvino_runners, torch_bf16_runner
 from bench.throughput import Measure, classifier_throughput, measure_throughput, openvino_throughput
-from medvit_edge.manifest import Manifest
-from medvit_edge.metadata import PIXEL_VALUES_INPUT
-from medvit_edge.variants import VARIANTS
+from medvit_edge.runtime.manifest import Manifest
+from medvit_edge.runtime.metadata import PIXEL_VALUES_INPUT
+from medvit_edge.runtime.variants import VARIANTS
 
 SIZES = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -113,8 +113,8 @@ def build_model(size: str, root: Path) -> Path:
 def _random_model(size: str, folder: Path) -> None:
     from transformers import ViTConfig, ViTForImageClassification
 
-    from medvit_edge.checkpoint import save_model
-    from medvit_edge.preprocess import PreprocessSpec
+    from medvit_edge.io.checkpoint import save_model
+    from medvit_edge.runtime.preprocess import PreprocessSpec
 
     labels = ["benign", "malignant", "normal"]
     config = ViTConfig(
@@ -131,7 +131,7 @@ def _stamp(source: Path, target: Path, variant: str) -> None:
     import onnx
 
     from medvit_edge.export.variants import write_metadata
-    from medvit_edge.metadata import ModelMetadata
+    from medvit_edge.runtime.metadata import ModelMetadata
 
     props = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
     metadata = ModelMetadata.from_props(props)
@@ -156,9 +156,9 @@ def static_s8s8(folder: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from medvit_edge.export.variants import _ArrayReader
-    from medvit_edge.images import load_image
-    from medvit_edge.labelled import read_labelled_set
-    from medvit_edge.preprocess import PreprocessSpec, preprocess_batch
+    from medvit_edge.io.labelled import read_labelled_set
+    from medvit_edge.runtime.images import load_image
+    from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess_batch
 
     images = read_labelled_set(BUSI / "split.csv", "train")[:16]
     pixels = preprocess_batch([load_image(i.path) for i in images], PreprocessSpec())
@@ -187,7 +187,7 @@ def runners(folder: Path, threads: int) -> tuple[dict[str, Runner], dict[str, st
     from optimum.onnxruntime import ORTModelForImageClassification
     from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
-    from medvit_edge.runtime import Classifier
+    from medvit_edge.runtime.classifier import Classifier
 
     torch.set_num_threads(threads)
     model = AutoModelForImageClassification.from_pretrained(folder).eval()
@@ -250,7 +250,7 @@ def throughput(folder: Path, threads: int, pixels: np.ndarray, images: int, roun
 
 def interleaved(found: dict[str, Any], images: list[Image.Image], batch: int, rounds: int) -> dict[str, Any]:
     """Every runner once per round, rounds repeated: slow drifts of the machine hit all alike."""
-    from medvit_edge.preprocess import PreprocessSpec, preprocess_batch
+    from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess_batch
 
     pixels = {n: preprocess_batch(images[:n], PreprocessSpec()) for n in (1, batch)}
     calls = [(name, n, mode) for name in found for n in (1, batch) for mode in ("model", "end-to-end")]
@@ -273,7 +273,7 @@ def _call(runner: tuple[Callable, Callable], mode: str, pixels: np.ndarray, imag
 def preprocessing_ms(image: Image.Image) -> dict[str, float]:
     from transformers import ViTImageProcessor
 
-    from medvit_edge.preprocess import PreprocessSpec, preprocess
+    from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess
     from medvit_edge.timing import measure_latency
     from medvit_edge.train.models import torchvision_transforms
 
@@ -318,7 +318,7 @@ def fresh_process(model: Path, image: Path) -> dict[str, float]:
 
 
 def import_time() -> float:
-    code = "import time; t = time.perf_counter(); import medvit_edge.runtime; print(time.perf_counter() - t)"
+    code = "import time; t = time.perf_counter(); import medvit_edge.runtime.classifier; print(time.perf_counter() - t)"
     samples = [
         float(
             subprocess.run(
@@ -332,8 +332,8 @@ def import_time() -> float:
 
 def infer_vs_model(folder: Path, batch: int) -> dict[str, float]:
     """Folder `infer` (decode + preprocess overlapped) against the model alone, same batch size."""
-    from medvit_edge.infer import InferConfig, infer
-    from medvit_edge.runtime import Classifier
+    from medvit_edge.inference.command import InferConfig, infer
+    from medvit_edge.runtime.classifier import Classifier
 
     model = folder / "onnx" / "model.int8.onnx"
     classifier = Classifier.load(model, device="cpu")
@@ -377,7 +377,7 @@ def measure_model(size: str, args: argparse.Namespace, images: list[Image.Image]
     """Every measurement of one model size (its files built first, or reused)."""
     import gc
 
-    from medvit_edge.preprocess import PreprocessSpec, preprocess_batch
+    from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess_batch
 
     started = time.perf_counter()
     folder = build_model(size, args.root)

@@ -90,7 +90,7 @@ def render(results: dict[str, Any]) -> str:
         "as images/s (PyTorch, Optimum).",
         "",
         "Preprocessing one 500×600 image: " + ", ".join(f"{k} {v:.2f} ms" for k, v in pre.items()) + ". "
-        f"`import medvit_edge.runtime`: {results['import_medvit_edge_runtime_s']:.3f} s.",
+        f"`import medvit_edge.runtime.classifier`: {results['import_medvit_edge_runtime_s']:.3f} s.",
         "",
     ]
     for size, data in results["models"].items():

@@ -46,7 +46,7 @@ def openvino_throughput(path: Path, threads: int, pixels: np.ndarray, images: in
 
 
 def classifier_throughput(path: Path, threads: int, pixels: np.ndarray, images: int) -> Measure:
-    from medvit_edge.runtime import Classifier
+    from medvit_edge.runtime.classifier import Classifier
 
     classifiers = [
         Classifier.load(path, device="cpu", threads=1, spin=False, verify=False) for _ in range(threads)

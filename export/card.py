@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from medvit_edge.files import atomic_writer
-from medvit_edge.int8_target import TARGETS, weight_bits
-from medvit_edge.manifest import Manifest, VariantRecord
-from medvit_edge.metadata import RESEARCH_NOTICE
-from medvit_edge.variants import DEPLOY_PREFERENCE, VARIANTS
+from medvit_edge.runtime.int8_target import TARGETS, weight_bits
+from medvit_edge.runtime.manifest import Manifest, VariantRecord
+from medvit_edge.runtime.metadata import RESEARCH_NOTICE
+from medvit_edge.runtime.variants import DEPLOY_PREFERENCE, VARIANTS
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Governance:
     card: str = ""  # the card it was read from, "" when there was none
 
     def metadata_fields(self) -> dict[str, str]:
-        """The ``ModelMetadata`` keyword arguments (medvit_edge.metadata.GOVERNANCE_KEYS)."""
+        """The ``ModelMetadata`` keyword arguments (medvit_edge.runtime.metadata.GOVERNANCE_KEYS)."""
         return {
             "model_name": self.model_name,
             "model_version": self.model_version,

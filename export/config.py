@@ -6,17 +6,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from medvit_edge.decision import parse_operating_point
 from medvit_edge.errors import UserError
-from medvit_edge.int8_target import TARGETS, Int8Target, detect_target
 from medvit_edge.options import validate_literals
-from medvit_edge.variants import VARIANTS, Tolerance
+from medvit_edge.runtime.int8_target import TARGETS, Int8Target, detect_target
+from medvit_edge.runtime.policy import parse_operating_point
+from medvit_edge.runtime.variants import VARIANTS, Tolerance
 
 from .openvino_config import OpenVinoInt8Config, check_installed
 
 Int8Mode = Literal["dynamic", "static"]
 # portable (the default): 7-bit weights, right on every CPU; auto: the CPU that exports, which is
-# not necessarily the one that deploys (medvit_edge/int8_target.py)
+# not necessarily the one that deploys (medvit_edge/runtime/int8_target.py)
 TargetChoice = Literal["portable", "auto", "avx2", "avx512_vnni", "arm64"]
 CalibrationMethod = Literal["minmax", "percentile", "entropy"]
 RAW_INPUT_MIN_OPSET = 18  # Resize's antialias attribute
@@ -96,7 +96,7 @@ class ExportConfig:
     # `medvit-edge check` (0: none; they are real, possibly patient, images that get deployed)
     golden_images: int = 3
     model_version: int | None = None  # default: the model card's model_version, else 1 (export/card.py)
-    # decision policy (medvit_edge.decision), fitted once on the validation images' PyTorch logits
+    # decision policy (medvit_edge.runtime.policy), fitted once on the validation images' PyTorch logits
     operating_points: tuple[str, ...] = ()  # e.g. "malignant-sensitivity=0.95"; the first is applied
     refer_risk: float | None = None  # refer when unsure: at most this error among accepted cases
     # probability that refer_risk holds on new images (0: only on the validation images)

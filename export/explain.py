@@ -1,5 +1,5 @@
 """The explainability variant (``export --explain``): the fp32 graph with every encoder layer's
-attention probabilities as extra outputs, for ``infer --overlays`` (medvit_edge/explain.py).
+attention probabilities as extra outputs, for ``infer --overlays`` (medvit_edge/inference/explain.py).
 
 The attention probabilities are the outputs of the ``Softmax`` inside each self-attention block,
 ``(N, heads, T, T)`` with ``T`` = special tokens + patches. They are taken from the *unfused*
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from medvit_edge.errors import UserError
-from medvit_edge.explain import ATTENTION_OUTPUT_PREFIX
+from medvit_edge.inference.explain import ATTENTION_OUTPUT_PREFIX
 
 logger = logging.getLogger(__name__)
 

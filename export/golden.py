@@ -5,7 +5,7 @@ array (exactly what a raw-input file takes), the exact preprocessed float32 tens
 them (``pixel_values.npy``, what the numpy-path files take), and ``golden.json``: per variant
 name, its file, sha256, input kind, tolerance and expected probabilities. A native integration
 can check its own decoding, preprocessing and inference number by number against them;
-``medvit-edge check`` (medvit_edge/golden.py) re-runs them on a new device.
+``medvit-edge check`` (medvit_edge/deploy/golden.py) re-runs them on a new device.
 
 Images are named ``image-N`` (never by their source file name, which may identify a patient)
 and the PNGs carry no metadata.
@@ -21,51 +21,59 @@ import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from medvit_edge.deploy.golden import GOLDEN_FOLDER, GOLDEN_FORMAT, GOLDEN_INDEX, PIXEL_VALUES_FILE
 from medvit_edge.files import sha256_file
-from medvit_edge.golden import GOLDEN_FOLDER, GOLDEN_FORMAT, GOLDEN_INDEX, PIXEL_VALUES_FILE
-from medvit_edge.manifest import GoldenRecord, Manifest, VariantRecord
-from medvit_edge.preprocess import preprocess_batch
-from medvit_edge.runtime import Classifier
-from medvit_edge.variants import VARIANTS
+from medvit_edge.runtime.classifier import Classifier
+from medvit_edge.runtime.manifest import GoldenRecord, Manifest, VariantRecord
+from medvit_edge.runtime.preprocess import preprocess_batch
+from medvit_edge.runtime.variants import VARIANTS
 
-if TYPE_CHECKING:
-    from .run import Exporter
+from .context import ExportContext
 
 logger = logging.getLogger(__name__)
 
 
-def write_golden(exporter: Exporter, manifest: Manifest) -> Manifest:
+def choose_golden_frames(ctx: ExportContext) -> None:
+    """Pick the golden images before any variant is built, so each variant's expectations come
+    from the same loaded file that was validated (``expected``)."""
+    validation = ctx.validation
+    picks = pick_images(validation.label_ids, len(validation.frames), ctx.cfg.golden_images)
+    ctx.golden_frames = [np.ascontiguousarray(validation.frames[i], dtype=np.uint8) for i in picks]
+    ids = validation.label_ids
+    ctx.golden_labels = [ctx.labels[int(ids[i])] if ids is not None else None for i in picks]
+
+
+def write_golden(ctx: ExportContext, manifest: Manifest) -> Manifest:
     """Write ``OUTPUT/golden/`` (replacing an earlier one whole) and return the manifest with its
     record; the manifest is returned unchanged when no golden images are asked for."""
-    cfg, validation = exporter.cfg, exporter.validation
-    assert cfg.output is not None
-    picks = pick_images(validation.label_ids, len(validation.frames), cfg.golden_images)
-    if not picks:
+    output = ctx.cfg.output
+    assert output is not None
+    if not ctx.golden_frames:
         return manifest
-    frames = [np.ascontiguousarray(validation.frames[i], dtype=np.uint8) for i in picks]
-    ids = validation.label_ids
-    labels = [exporter.labels[int(ids[i])] if ids is not None else None for i in picks]
-    scratch = Path(tempfile.mkdtemp(prefix=".golden-", dir=cfg.output))
+    scratch = Path(tempfile.mkdtemp(prefix=".golden-", dir=output))
     try:
-        index = _write_files(scratch, frames, labels, exporter)
-        index["variants"] = {r.variant: _expected(cfg.output / r.file, r, frames) for r in manifest.variants}
+        index = _write_files(scratch, ctx.golden_frames, ctx.golden_labels, ctx)
+        index["variants"] = {
+            r.variant: {**ctx.golden_expected[r.variant], "sha256": r.sha256, "status": r.status}
+            for r in manifest.variants
+        }
         _write_index(scratch / GOLDEN_INDEX, index)
-        _swap_in(scratch, cfg.output / GOLDEN_FOLDER)
+        _swap_in(scratch, output / GOLDEN_FOLDER)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     record = GoldenRecord(
         folder=GOLDEN_FOLDER,
         index=GOLDEN_INDEX,
-        sha256=sha256_file(cfg.output / GOLDEN_FOLDER / GOLDEN_INDEX),
-        images=len(frames),
+        sha256=sha256_file(output / GOLDEN_FOLDER / GOLDEN_INDEX),
+        images=len(ctx.golden_frames),
         variants=tuple(index["variants"]),
     )
-    logger.info("golden files: %d images, %d variants", len(frames), len(record.variants))
+    logger.info("golden files: %d images, %d variants", len(ctx.golden_frames), len(record.variants))
     return replace(manifest, golden=record)
 
 
@@ -84,7 +92,7 @@ def pick_images(label_ids: np.ndarray | None, total: int, count: int) -> list[in
 
 
 def _write_files(
-    folder: Path, frames: list[np.ndarray], labels: list[str | None], exporter: Exporter
+    folder: Path, frames: list[np.ndarray], labels: list[str | None], ctx: ExportContext
 ) -> dict[str, Any]:
     """The images (PNG + uint8 array) and the preprocessed tensor; returns the index so far."""
     images = []
@@ -103,13 +111,13 @@ def _write_files(
                 "array_sha256": sha256_file(folder / f"{name}.npy"),
             }
         )
-    pixels = preprocess_batch([Image.fromarray(frame, "RGB") for frame in frames], exporter.spec)
+    pixels = preprocess_batch([Image.fromarray(frame, "RGB") for frame in frames], ctx.spec)
     np.save(folder / PIXEL_VALUES_FILE, pixels, allow_pickle=False)
     return {
         "format": GOLDEN_FORMAT,
-        "labels": list(exporter.labels),
-        "preprocess": exporter.spec.to_dict(),
-        "created": exporter.created,
+        "labels": list(ctx.labels),
+        "preprocess": ctx.spec.to_dict(),
+        "created": ctx.created,
         "images": images,
         "pixel_values": {
             "file": PIXEL_VALUES_FILE,
@@ -120,9 +128,8 @@ def _write_files(
     }
 
 
-def _expected(path: Path, record: VariantRecord, frames: list[np.ndarray]) -> dict[str, Any]:
+def expected(classifier: Classifier, record: VariantRecord, frames: list[np.ndarray]) -> dict[str, Any]:
     """What the file gives on the golden images through the runtime (as users run it)."""
-    classifier = Classifier.load(path, device="cpu", verify=False)
     probabilities = classifier.predict_proba([Image.fromarray(frame, "RGB") for frame in frames])
     return {
         "file": record.file,

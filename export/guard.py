@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medvit_edge.manifest import Validation
+from medvit_edge.runtime.manifest import Validation
 
 from .config import Int8Config
 

@@ -13,43 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from medvit_edge.manifest import VariantRecord
-from medvit_edge.metadata import ModelMetadata
-from medvit_edge.openvino_backend import RT_INFO_ROOT, weights_path
-from medvit_edge.variants import Variant
-
-from .int8 import Build, calibration_pixels
 from .openvino_config import OpenVinoInt8Config
-from .variants import doc_string
-
-if TYPE_CHECKING:
-    from .run import Exporter
+from .variants import save_ir
 
 logger = logging.getLogger(__name__)
-
-
-def build_openvino_fp32(exporter: Exporter, variant: Variant) -> VariantRecord:
-    started = time.perf_counter()
-    onnx_to_openvino(exporter.unfused_path, exporter.path(variant))
-    return exporter.finish(variant, started)
-
-
-def openvino_int8_builder(exporter: Exporter, variant: Variant) -> Build:
-    """What the int8 guard calls for each attempt: layers to keep in float -> the settings used."""
-    calibration = calibration_pixels(exporter)
-    settings = exporter.cfg.openvino_int8
-    source, target = exporter.unfused_path, exporter.path(variant)
-    return lambda exclude: openvino_to_int8(source, target, settings, calibration, exclude)
 
 
 def onnx_to_openvino(source: Path, target: Path) -> Path:
@@ -57,7 +31,7 @@ def onnx_to_openvino(source: Path, target: Path) -> Path:
     import openvino as ov
 
     model = ov.convert_model(str(source))
-    _save(ov, model, target)
+    save_ir(ov, model, target)
     return target
 
 
@@ -81,7 +55,7 @@ def openvino_to_int8(
     # NNCF draws its progress bars on stdout, where the CLI prints results: send them to stderr
     with contextlib.redirect_stdout(sys.stderr):
         quantized = _quantize(nncf, model, samples, settings, kept_float)
-    _save(ov, quantized, target)
+    save_ir(ov, quantized, target)
     return {
         "mode": "static",
         "engine": "nncf",
@@ -127,34 +101,3 @@ def _advanced(settings: OpenVinoInt8Config) -> Any:
         disable_bias_correction=settings.disable_bias_correction,
         smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=settings.smooth_quant_alpha),
     )
-
-
-def write_ir_metadata(path: Path, metadata: ModelMetadata) -> None:
-    """Our metadata (``ModelMetadata.to_props``, the ONNX files' keys) into the IR's runtime info
-    under ``medvit_edge``, then read back and compared: an IR that would not carry it is an error
-    here, not at load on the device."""
-    import openvino as ov
-
-    from medvit_edge.openvino_backend import read_props
-
-    core = ov.Core()
-    model = core.read_model(str(path), str(weights_path(path)))
-    props = metadata.to_props() | {"doc_string": doc_string(metadata)}
-    for key, value in props.items():
-        model.set_rt_info(value, [RT_INFO_ROOT, key])
-    _save(ov, model, path)
-    del model  # its weights are mapped from the file just replaced
-    stored = read_props(core.read_model(str(path), str(weights_path(path))))
-    if stored != props:
-        raise RuntimeError(f"{path}: OpenVINO did not keep the metadata written to it")
-
-
-def _save(ov: Any, model: Any, target: Path) -> None:
-    """``target`` and its ``.bin`` written beside and renamed into place (the model being saved
-    may be mapped from the old ``.bin``)."""
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".openvino-") as scratch:
-        xml = Path(scratch) / target.name
-        ov.save_model(model, str(xml), compress_to_fp16=False)
-        os.replace(weights_path(xml), weights_path(target))
-        os.replace(xml, target)
-    logger.debug("wrote %s and %s", target, weights_path(target))

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from medvit_edge.errors import UserError
-from medvit_edge.openvino_backend import InferencePrecision
 from medvit_edge.options import validate_literals
+from medvit_edge.runtime.openvino_backend import InferencePrecision
 
 Preset = Literal["mixed", "performance"]
 OverflowFix = Literal["enable", "disable", "first_layer_only"]

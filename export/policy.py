@@ -1,4 +1,4 @@
-"""The decision policy an export stamps into every variant (medvit_edge.decision).
+"""The decision policy an export stamps into every variant (medvit_edge.runtime.policy).
 
 Fitted once, on the PyTorch fp32 reference logits of the validation images (the run's validation
 split unless ``--data`` names others), before any variant is built: so every variant, on every
@@ -12,8 +12,9 @@ import logging
 
 import numpy as np
 
-from medvit_edge.decision import DecisionPolicy, fit_policy
 from medvit_edge.errors import UserError
+from medvit_edge.evaluation.policy_fit import fit_policy
+from medvit_edge.runtime.policy import DecisionPolicy
 
 from .config import ExportConfig
 from .validate import ValidationSet

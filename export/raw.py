@@ -4,7 +4,7 @@ A raw-input file takes ``image``, uint8 ``[N, H, W, 3]`` RGB (N, H and W dynamic
 ``probabilities`` (softmax in the graph) and ``logits``, both float32 ``[N, classes]``. An
 integrator in any language then needs onnxruntime and an image decoder, nothing of ours.
 
-The graph follows ``medvit_edge.preprocess`` step by step:
+The graph follows ``medvit_edge.runtime.preprocess`` step by step:
 
 * ``Resize`` on the uint8 tensor with ``antialias=1``, ``exclude_outside=1`` and
   ``half_pixel`` coordinates: onnxruntime's antialiased uint8 kernel is a port of Pillow's
@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from medvit_edge.errors import UserError
-from medvit_edge.preprocess import PreprocessSpec
-from medvit_edge.runtime import RAW_INPUT_NAME
+from medvit_edge.runtime.classifier import RAW_INPUT_NAME
+from medvit_edge.runtime.preprocess import PreprocessSpec
 
 from .config import RAW_INPUT_MIN_OPSET
 

@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 
 from medvit_edge.errors import UserError
-from medvit_edge.images import ImageDecodeError
-from medvit_edge.labelled import LabelledImage, read_labelled_set
-from medvit_edge.manifest import Validation
-from medvit_edge.metrics import classification_metrics, softmax
-from medvit_edge.preprocess import PreprocessSpec, preprocess_batch
-from medvit_edge.reader import read_labelled_image
-from medvit_edge.variants import Tolerance
+from medvit_edge.evaluation.metrics import classification_metrics
+from medvit_edge.io.labelled import LabelledImage, read_labelled_set
+from medvit_edge.io.reader import read_labelled_image
+from medvit_edge.runtime.images import ImageDecodeError
+from medvit_edge.runtime.manifest import Validation
+from medvit_edge.runtime.policy import softmax
+from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess_batch
+from medvit_edge.runtime.variants import Tolerance
 
 from .config import ExportConfig
 

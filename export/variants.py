@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,14 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from medvit_edge.checkpoint import load_spec, save_processor_config
-from medvit_edge.metadata import ModelMetadata
+from medvit_edge.io.checkpoint import load_spec, save_processor_config
+from medvit_edge.runtime.metadata import ModelMetadata
+from medvit_edge.runtime.openvino_backend import weights_path
 
 from .config import CalibrationMethod, Int8Config
 
 # Ops kept in float32 in the fp16 variant: their reductions and exponentials overflow or lose
 # too much in half precision (LayerNorm's mean/variance, Softmax's exp-sum, GELU's Erf).
 FP16_KEEP_FLOAT32 = ["LayerNormalization", "Softmax", "Pow", "ReduceMean", "Sqrt", "Erf", "Div"]
+
+logger = logging.getLogger(__name__)
 
 
 def hf_to_onnx(model_dir: Path, output_dir: Path, opset: int | None = None) -> Path:
@@ -211,3 +216,34 @@ def doc_string(metadata: ModelMetadata) -> str:
         f"Licence: {metadata.license}" if metadata.license else "",
     ]
     return "\n".join(line for line in lines if line)
+
+
+def write_ir_metadata(path: Path, metadata: ModelMetadata) -> None:
+    """Our metadata (``ModelMetadata.to_props``, the ONNX files' keys) into the IR's runtime info
+    under ``medvit_edge``, then read back and compared: an IR that would not carry it is an error
+    here, not at load on the device."""
+    import openvino as ov
+
+    from medvit_edge.runtime.openvino_backend import RT_INFO_ROOT, read_props
+
+    core = ov.Core()
+    model = core.read_model(str(path), str(weights_path(path)))
+    props = metadata.to_props() | {"doc_string": doc_string(metadata)}
+    for key, value in props.items():
+        model.set_rt_info(value, [RT_INFO_ROOT, key])
+    save_ir(ov, model, path)
+    del model  # its weights are mapped from the file just replaced
+    stored = read_props(core.read_model(str(path), str(weights_path(path))))
+    if stored != props:
+        raise RuntimeError(f"{path}: OpenVINO did not keep the metadata written to it")
+
+
+def save_ir(ov: Any, model: Any, target: Path) -> None:
+    """``target`` and its ``.bin`` written beside and renamed into place (the model being saved
+    may be mapped from the old ``.bin``)."""
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".openvino-") as scratch:
+        xml = Path(scratch) / target.name
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+        os.replace(weights_path(xml), weights_path(target))
+        os.replace(xml, target)
+    logger.debug("wrote %s and %s", target, weights_path(target))

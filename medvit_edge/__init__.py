@@ -19,14 +19,14 @@ __version__ = "0.1.0"
 from medvit_edge.lazy import lazy_getattr
 
 _LAZY = {
-    "Classifier": "medvit_edge.runtime",
-    "Prediction": "medvit_edge.runtime",
+    "Classifier": "medvit_edge.runtime.classifier",
+    "Prediction": "medvit_edge.runtime.classifier",
     "ModelLoadError": "medvit_edge.errors",
     "UserError": "medvit_edge.errors",
-    "PreprocessSpec": "medvit_edge.preprocess",
-    "preprocess": "medvit_edge.preprocess",
-    "ModelMetadata": "medvit_edge.metadata",
-    "VARIANTS": "medvit_edge.variants",
+    "PreprocessSpec": "medvit_edge.runtime.preprocess",
+    "preprocess": "medvit_edge.runtime.preprocess",
+    "ModelMetadata": "medvit_edge.runtime.metadata",
+    "VARIANTS": "medvit_edge.runtime.variants",
 }
 
 __all__ = ["__version__", *_LAZY]

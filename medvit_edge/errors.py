@@ -37,3 +37,7 @@ def printable(text: object) -> str:
     value = str(text)
     value = _SURROGATE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", value)
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+
+
+class MetadataError(ValueError):
+    """A model file's metadata is missing or malformed."""

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from medvit_edge import audit as audit_module
-from medvit_edge.audit import AuditError, AuditLog
+from medvit_edge.hospital import audit as audit_module
+from medvit_edge.hospital.audit import AuditError, AuditLog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 WRITER = """
 import sys
 from pathlib import Path
-from medvit_edge.audit import AuditLog
+from medvit_edge.hospital.audit import AuditLog
 
 def acknowledged(seq):
     sys.stdout.write(f"ACK {seq}\\n")

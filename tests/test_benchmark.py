@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from medvit_edge import cli
-from medvit_edge.benchmark import BenchmarkConfig, benchmark, format_report
-from medvit_edge.labelled import read_labelled_set
-from medvit_edge.manifest import Manifest
-from medvit_edge.reader import read_labelled_image
-from medvit_edge.runtime import Classifier
+from medvit_edge.deploy.benchmark import BenchmarkConfig, benchmark, format_report
+from medvit_edge.io.labelled import read_labelled_set
+from medvit_edge.io.reader import read_labelled_image
+from medvit_edge.runtime.classifier import Classifier
+from medvit_edge.runtime.manifest import Manifest
 from tests.conftest import needs_export
 
 pytestmark = needs_export
@@ -108,7 +108,7 @@ def test_bad_arguments_and_images_exit_2(tiny_export: Path, tmp_path: Path) -> N
 def test_the_worker_runs_without_torch(tiny_export: Path) -> None:
     """Runtime only: a deployment has no torch, and the measurement must not pull it in."""
     code = (
-        "import sys, json; from medvit_edge.benchmark import measure_one; "
+        "import sys, json; from medvit_edge.deploy.benchmark import measure_one; "
         f"r = measure_one(dict(model={str(tiny_export / 'model.int8.onnx')!r}, batch=1, threads=1, runs=1, "
         "device='cpu', images=None, accuracy=False)); "
         "print(json.dumps([r['p50_ms'] > 0, 'torch' in sys.modules]))"

@@ -1,5 +1,5 @@
 """Every command met with ordinary mistakes: one line naming the input and the cause, the
-documented exit code, never a traceback (issue 11 items 22, 24, 25)."""
+documented exit code, never a traceback."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Decision support (issue 15): temperature scaling, operating points, the refer rule, the policy's
+"""Decision support: temperature scaling, operating points, the refer rule, the policy's
 strict JSON, and the policy through export, the runtime and infer on the tiny phantom model."""
 
 from __future__ import annotations
@@ -13,21 +13,24 @@ import pytest
 from click.testing import CliRunner
 
 from medvit_edge import cli
-from medvit_edge.decision import (
-    REFER,
-    DecisionPolicy,
-    OperatingPoint,
-    ReferRule,
+from medvit_edge.errors import UserError
+from medvit_edge.evaluation.metrics import calibration, negative_log_likelihood
+from medvit_edge.evaluation.policy_fit import (
     choose_operating_point,
     choose_refer_rule,
     fit_policy,
     fit_temperature,
-    parse_operating_point,
 )
-from medvit_edge.errors import UserError
-from medvit_edge.metadata import MetadataError, ModelMetadata
-from medvit_edge.metrics import calibration, negative_log_likelihood, softmax
-from medvit_edge.preprocess import PreprocessSpec
+from medvit_edge.runtime.metadata import MetadataError, ModelMetadata
+from medvit_edge.runtime.policy import (
+    REFER,
+    DecisionPolicy,
+    OperatingPoint,
+    ReferRule,
+    parse_operating_point,
+    softmax,
+)
+from medvit_edge.runtime.preprocess import PreprocessSpec
 
 from .conftest import needs_export
 
@@ -187,7 +190,7 @@ def test_certified_refer_rule_holds_on_new_images_as_often_as_it_promises(rng: n
 
 
 def test_binomial_upper_bound_is_clopper_pearson() -> None:
-    from medvit_edge.metrics import binomial_upper_bound
+    from medvit_edge.evaluation.metrics import binomial_upper_bound
 
     beta = pytest.importorskip("scipy.stats").beta
 
@@ -358,8 +361,8 @@ def policy_export(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.mark.slow
 @needs_export
 def test_every_variant_carries_the_same_policy(policy_export: Path) -> None:
-    from medvit_edge.manifest import Manifest
-    from medvit_edge.runtime import Classifier
+    from medvit_edge.runtime.classifier import Classifier
+    from medvit_edge.runtime.manifest import Manifest
 
     manifest = Manifest.read(policy_export)
     assert manifest is not None and manifest.decision_policy is not None
@@ -382,7 +385,7 @@ def test_every_variant_carries_the_same_policy(policy_export: Path) -> None:
 def test_classifier_and_infer_decide_with_the_policy(
     policy_export: Path, phantom_dir: Path, tmp_path: Path
 ) -> None:
-    from medvit_edge.runtime import Classifier
+    from medvit_edge.runtime.classifier import Classifier
 
     images = sorted((phantom_dir / "test").rglob("*.png"))
     classifier = Classifier.load(policy_export / "model.int8.onnx", device="cpu")
@@ -448,8 +451,8 @@ def test_unknown_operating_point_label_fails_before_any_file(tiny_run: Path, tmp
 def test_hostile_policy_metadata_is_one_clear_error() -> None:
     """Huge integers, non-numbers where numbers are shown, points without their validation
     numbers, and a class called "refer" are refused at load, never a traceback later."""
-    from medvit_edge.metadata import MetadataError, check_labels
-    from medvit_edge.policy_json import policy_from_json
+    from medvit_edge.runtime.metadata import MetadataError, check_labels
+    from medvit_edge.runtime.policy import policy_from_json
 
     base = json.loads(DecisionPolicy().to_json())
     point = {"positive": "malignant", "goal": "sensitivity", "target": 0.9, "threshold": 0.3}

@@ -7,19 +7,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medvit_edge.decision import REFER, DecisionPolicy, OperatingPoint, ReferRule
-from medvit_edge.decision_report import evaluate_policy, proportion, risk_coverage_table
-from medvit_edge.metrics import (
+from medvit_edge.evaluation.decision_report import evaluate_policy, proportion, risk_coverage_table
+from medvit_edge.evaluation.metrics import (
     auc_one_vs_rest,
     bootstrap_auc_and_balanced_accuracy,
     bootstrap_ci,
     classification_metrics,
     risk_coverage,
     roc_curve,
-    softmax,
     wilson_interval,
 )
-from medvit_edge.report_plots import CHAR_WIDTH, LABEL_HEIGHT, SPARSE_BIN, place_labels, reliability_data
+from medvit_edge.evaluation.report_plots import (
+    CHAR_WIDTH,
+    LABEL_HEIGHT,
+    SPARSE_BIN,
+    place_labels,
+    reliability_data,
+)
+from medvit_edge.runtime.policy import REFER, DecisionPolicy, OperatingPoint, ReferRule, softmax
 
 LABELS = ["benign", "malignant", "normal"]
 
@@ -169,7 +174,7 @@ def test_stored_policy_is_reported_on_the_decisions_it_makes(rng: np.random.Gene
 def test_zero_width_bootstrap_intervals_are_called_out() -> None:
     from types import SimpleNamespace
 
-    from medvit_edge.report import _degenerate_note
+    from medvit_edge.evaluation.report import _degenerate_note
 
     perfect = SimpleNamespace(variant="fp32", balanced_accuracy_ci=(1.0, 1.0), auc_ci={"benign": (1.0, 1.0)})
     usual = SimpleNamespace(variant="fp16", balanced_accuracy_ci=(0.8, 0.9), auc_ci={"benign": None})

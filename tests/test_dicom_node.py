@@ -30,7 +30,7 @@ from pynetdicom.sop_class import (  # noqa: E402
     UltrasoundImageStorage,  # type: ignore[attr-defined]
 )
 
-from medvit_edge.node import DicomNode, NodeConfig  # noqa: E402
+from medvit_edge.hospital.node import DicomNode, NodeConfig  # noqa: E402
 
 pytestmark = [needs_export]
 REPO = Path(__file__).resolve().parents[1]

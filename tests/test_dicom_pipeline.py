@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medvit_edge.images import ImageDecodeError
-from medvit_edge.infer import InferConfig, infer
-from medvit_edge.labelled import LabelledSetError, read_labelled_set
-from medvit_edge.reader import read_file, read_labelled_image
+from medvit_edge.inference.command import InferConfig, infer
+from medvit_edge.io.labelled import LabelledSetError, read_labelled_set
+from medvit_edge.io.reader import read_file, read_labelled_image
+from medvit_edge.runtime.images import ImageDecodeError
 
 from .conftest import _train_tiny, needs_export
 from .hospital_dicom import PATIENT, write_clinical_us
@@ -231,7 +231,7 @@ def dicom_classes(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 @needs_export
 @pytest.mark.slow
 def test_dicom_class_folder_through_train_export_evaluate(dicom_classes: Path, tmp_path: Path) -> None:
-    from medvit_edge.evaluate import EvaluateConfig, evaluate
+    from medvit_edge.evaluation.evaluate import EvaluateConfig, evaluate
     from medvit_edge.export import ExportConfig, export
 
     files = sorted(p for p in dicom_classes.rglob("*") if p.is_file())

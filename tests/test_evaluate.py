@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medvit_edge.decision import REFER, DecisionPolicy, ReferRule, fit_policy
-from medvit_edge.evaluate import EvaluateConfig, evaluate
-from medvit_edge.labelled import read_labelled_set
-from medvit_edge.metrics import wilson_interval
-from medvit_edge.preprocess import preprocess_batch
-from medvit_edge.reader import read_labelled_image
-from medvit_edge.runtime import Classifier
+from medvit_edge.evaluation.evaluate import EvaluateConfig, evaluate
+from medvit_edge.evaluation.metrics import wilson_interval
+from medvit_edge.evaluation.policy_fit import fit_policy
+from medvit_edge.io.labelled import read_labelled_set
+from medvit_edge.io.reader import read_labelled_image
+from medvit_edge.runtime.classifier import Classifier
+from medvit_edge.runtime.policy import REFER, DecisionPolicy, ReferRule
+from medvit_edge.runtime.preprocess import preprocess_batch
 
 from .conftest import needs_export
 

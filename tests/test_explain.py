@@ -17,7 +17,8 @@ from PIL import Image
 
 from medvit_edge import cli
 from medvit_edge.errors import UserError
-from medvit_edge.explain import (
+from medvit_edge.inference.command import InferConfig, infer
+from medvit_edge.inference.explain import (
     Explainer,
     attention_rollout,
     colour_map,
@@ -25,10 +26,9 @@ from medvit_edge.explain import (
     render_overlay,
     seen_box,
 )
-from medvit_edge.infer import InferConfig, infer
-from medvit_edge.overlays import overlay_caption, overlay_names, safe_stem
-from medvit_edge.preprocess import PreprocessSpec, preprocess_batch
-from medvit_edge.runtime import Classifier
+from medvit_edge.inference.overlays import overlay_caption, overlay_names, safe_stem
+from medvit_edge.runtime.classifier import Classifier
+from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess_batch
 
 from .conftest import HAS_EXPORT, needs_export
 
@@ -75,7 +75,7 @@ def _test_images(phantom_dir: Path, count: int = 6) -> list[Path]:
 
 @needs_export
 def test_explain_variant_keeps_fp32_logits_and_adds_attentions(explain_dir: Path, phantom_dir: Path) -> None:
-    from medvit_edge.manifest import Manifest
+    from medvit_edge.runtime.manifest import Manifest
 
     record = {r.variant: r for r in Manifest.read(explain_dir).variants}["explain"]  # type: ignore[union-attr]
     assert record.file == "model.explain.onnx" and record.status == "passed"
@@ -206,7 +206,7 @@ def test_colour_map_and_overlay_picture() -> None:
 
 
 def test_overlay_names_are_safe_unique_and_keep_the_folder(tmp_path: Path) -> None:
-    from medvit_edge.inputs import InputFile
+    from medvit_edge.io.inputs import InputFile
 
     root = tmp_path / "scans"
     items = [
@@ -275,7 +275,7 @@ def test_infer_writes_one_overlay_per_image_and_none_for_a_corrupt_one(
 def test_an_overlay_that_cannot_be_made_costs_that_file_only(
     explain_dir: Path, phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medvit_edge.overlays as overlays
+    import medvit_edge.inference.overlays as overlays
 
     images = _test_images(phantom_dir, 3)
     real_read = overlays.read_file

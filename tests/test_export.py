@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medvit_edge.runtime import Classifier, ModelLoadError
+from medvit_edge.runtime.classifier import Classifier, ModelLoadError
 
 from .conftest import needs_export
 
@@ -43,7 +43,7 @@ def test_every_variant_is_validated_and_listed(tiny_export: Path) -> None:
 def test_metadata_round_trips_and_runtime_predicts(tiny_export: Path, phantom_dir: Path) -> None:
     import onnx
 
-    from medvit_edge.metadata import ModelMetadata
+    from medvit_edge.runtime.metadata import ModelMetadata
 
     for name, variant in VARIANTS.items():
         path = tiny_export / name
@@ -106,7 +106,7 @@ def test_a_corrupted_variant_fails_validation(tiny_export: Path, tmp_path: Path)
     from onnx import numpy_helper
 
     from medvit_edge.export.validate import compare
-    from medvit_edge.variants import VARIANTS
+    from medvit_edge.runtime.variants import VARIANTS
 
     source = tiny_export / "model.onnx"
     model = onnx.load(str(source))
@@ -159,8 +159,8 @@ def test_int8_guard_keeps_the_planted_outlier_layer_in_float(tiny_busi_run: Path
     """Full int8 fails a tolerance that only the outlier layer breaks; the guard must find that
     layer first, keep it alone in float, pass, and report what it cost."""
     from medvit_edge.export import ExportConfig, export
-    from medvit_edge.manifest import to_json_dict
-    from medvit_edge.variants import Tolerance
+    from medvit_edge.runtime.manifest import to_json_dict
+    from medvit_edge.runtime.variants import Tolerance
 
     def int8_entry(result) -> dict:
         return to_json_dict(next(v for v in result.manifest.variants if v.variant == "int8-dynamic"))
@@ -188,7 +188,7 @@ def test_calibration_from_a_split_csv_takes_only_its_training_rows(phantom_dir: 
     from types import SimpleNamespace
 
     from medvit_edge.export.int8 import calibration_pixels
-    from medvit_edge.preprocess import PreprocessSpec
+    from medvit_edge.runtime.preprocess import PreprocessSpec
 
     with open(phantom_dir / "split.csv", newline="") as handle:
         splits = [row["split"] for row in csv.DictReader(handle)]

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from medvit_edge import cli
-from medvit_edge.golden import check
-from medvit_edge.manifest import Manifest
-from medvit_edge.preprocess import preprocess_batch
-from medvit_edge.runtime import Classifier
-from medvit_edge.variants import VARIANTS
+from medvit_edge.deploy.golden import check
+from medvit_edge.runtime.classifier import Classifier
+from medvit_edge.runtime.manifest import Manifest
+from medvit_edge.runtime.preprocess import preprocess_batch
+from medvit_edge.runtime.variants import VARIANTS
 
 pytestmark = pytest.mark.slow
 
@@ -158,7 +158,7 @@ def test_a_decision_that_flips_within_tolerance_is_caught(
 ) -> None:
     """Probabilities within the fp32 tolerance can still cross a stored threshold: ``check``
     compares the decisions too, so 'the same decisions on every device' is what it verifies."""
-    from medvit_edge.decision import DecisionPolicy, OperatingPoint
+    from medvit_edge.runtime.policy import DecisionPolicy, OperatingPoint
 
     golden = json.loads((tiny_export / "golden" / "golden.json").read_text())
     p0 = float(np.float32(golden["variants"]["fp32"]["probabilities"][0][0]))

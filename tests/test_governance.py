@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from medvit_edge import cli
-from medvit_edge.metadata import GOVERNANCE_KEYS, RESEARCH_NOTICE, ModelMetadata
-from medvit_edge.preprocess import PreprocessSpec
+from medvit_edge.runtime.metadata import GOVERNANCE_KEYS, RESEARCH_NOTICE, ModelMetadata
+from medvit_edge.runtime.preprocess import PreprocessSpec
 
 from .conftest import needs_export
 
@@ -71,7 +71,7 @@ def test_every_file_carries_the_card(tiny_run: Path, tiny_export: Path) -> None:
 def test_the_exported_folder_has_its_own_model_card(tiny_export: Path) -> None:
     from huggingface_hub import ModelCard
 
-    from medvit_edge.manifest import Manifest
+    from medvit_edge.runtime.manifest import Manifest
 
     card = ModelCard.load(tiny_export / "README.md")
     manifest = Manifest.read(tiny_export)

@@ -1,4 +1,4 @@
-"""Hostile inputs at the edges (issue 11): DICOM rendering, integer arrays, degenerate images,
+"""Hostile inputs at the edges: DICOM rendering, integer arrays, degenerate images,
 DICOM decompression bombs, symlink cycles, and every file a walk passes over reported.
 
 Each test builds real files (pydicom, Pillow, symlinks, deep folders) and checks what the
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from medvit_edge.images import ImageDecodeError, array_to_rgb, as_rgb_image, load_image
-from medvit_edge.inputs import InputList, collect_inputs
-from medvit_edge.labelled import read_class_folders, read_split_csv
+from medvit_edge.io.inputs import InputList, collect_inputs
+from medvit_edge.io.labelled import read_class_folders, read_split_csv
+from medvit_edge.runtime.images import ImageDecodeError, array_to_rgb, as_rgb_image, load_image
 
 from .conftest import needs_export
 from .dicom_files import write_us_dicom
@@ -152,7 +152,7 @@ def _unreadable(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _frames(path: Path) -> list[np.ndarray]:
-    from medvit_edge.dicom import read_dicom_frames
+    from medvit_edge.io.dicom import read_dicom_frames
 
     return [np.asarray(frame)[:, :, 0] for frame in read_dicom_frames(path)]
 
@@ -199,7 +199,7 @@ def test_unsigned_eight_bit_is_unchanged(tmp_path: Path) -> None:
 
 
 def test_constant_frames_are_errors_not_predictions(tmp_path: Path) -> None:
-    from medvit_edge.dicom import read_dicom_frames
+    from medvit_edge.io.dicom import read_dicom_frames
 
     blank = _mono_dicom(tmp_path / "blank.dcm", np.zeros((32, 32), np.uint16))
     with pytest.raises(ImageDecodeError, match=r"blank\.dcm: decodes to a constant image \(every pixel 0\)"):
@@ -274,7 +274,7 @@ def test_degenerate_images_are_clear_errors(item: object) -> None:
 
 
 def test_deflated_dicom_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
-    from medvit_edge.dicom import read_dicom_frames
+    from medvit_edge.io.dicom import read_dicom_frames
 
     small = _deflated_dicom(tmp_path / "small.dcm", 48, 64, _texture(48, 64).tobytes())
     assert (pydicom.dcmread(small).pixel_array == _texture(48, 64)).all()  # the writer is real DICOM
@@ -294,7 +294,7 @@ def test_deflated_dicom_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
 def test_all_frames_together_have_a_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each 10x10 frame is within the limit; 20 of them are within FRAMES_BUDGET x the limit
     only while the limit is at least 2000 / FRAMES_BUDGET."""
-    from medvit_edge.dicom import FRAMES_BUDGET, read_dicom_frames
+    from medvit_edge.io.dicom import FRAMES_BUDGET, read_dicom_frames
 
     cine = _mono_dicom(tmp_path / "cine.dcm", np.stack([_texture(10, 10, seed) for seed in range(20)]))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000 // FRAMES_BUDGET)
@@ -457,7 +457,7 @@ def test_split_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
 
 @needs_export
 def test_arrays_and_degenerate_images_through_the_classifier(tiny_export: Path) -> None:
-    from medvit_edge.runtime import Classifier
+    from medvit_edge.runtime.classifier import Classifier
 
     classifier = Classifier.load(tiny_export / "model.onnx")
     texture = _texture()
@@ -534,7 +534,7 @@ def test_hostile_corpus_end_to_end(
 ) -> None:
     """One folder of every probe through ``infer``: each hostile file is one error row naming
     it, each good one a prediction, each skipped one reported; nothing else stops the run."""
-    from medvit_edge.infer import InferConfig, infer
+    from medvit_edge.inference.command import InferConfig, infer
 
     folder = tmp_path / "hostile"
     folder.mkdir()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medvit_edge.images import ImageDecodeError, array_to_rgb, as_rgb_image, load_image, to_rgb
+from medvit_edge.runtime.images import ImageDecodeError, array_to_rgb, as_rgb_image, load_image, to_rgb
 
 
 def test_grey_is_repeated_into_three_channels() -> None:

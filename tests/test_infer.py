@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from medvit_edge.files import atomic_writer
-from medvit_edge.infer import InferConfig, infer
+from medvit_edge.inference.command import InferConfig, infer
 
 from .conftest import needs_export
 from .dicom_files import write_us_dicom

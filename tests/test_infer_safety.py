@@ -1,4 +1,4 @@
-"""`infer` at its edges (issue 11): outputs that would destroy inputs, spreadsheet formulas,
+"""`infer` at its edges: outputs that would destroy inputs, spreadsheet formulas,
 NaN models, undecodable or hostile file names, unwritable outputs, signals, model folders."""
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from medvit_edge import cli
-from medvit_edge import output as output_module
 from medvit_edge.files import atomic_writer
-from medvit_edge.infer import InferConfig, OutputWriteError, infer, resolve_model_path
+from medvit_edge.inference import output as output_module
+from medvit_edge.inference.command import InferConfig, OutputWriteError, infer, resolve_model_path
 from medvit_edge.progress import Progress
 
 from .conftest import REPO, needs_export
@@ -80,7 +80,7 @@ def _strict_json(line: str) -> Any:
     return json.loads(line, parse_constant=refuse)
 
 
-# --- item 1: an output that is an input, or not a file --------------------------------------
+# --- an output that is an input, or not a file --------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,7 @@ def test_outputs_that_are_not_files_or_formats_are_refused(model: Path, scans: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "out", "pipe.csv", "scans"]
 
 
-# --- item 11: arguments checked before the run; a full disk at the end ------------------------
+# --- arguments checked before the run; a full disk at the end ------------------------
 
 
 def test_bad_arguments_are_refused_before_the_run(model: Path, scans: Path, tmp_path: Path) -> None:
@@ -233,7 +233,7 @@ def test_full_disk_from_the_library_raises_with_the_rows(
     assert not output.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["scans"]
 
 
-# --- item 3: spreadsheet formulas -------------------------------------------------------------
+# --- spreadsheet formulas -------------------------------------------------------------
 
 HOSTILE_NAMES = ["=cmd|' /C calc'!A0.png", "+1+1.png", "-2+3.png", "@SUM(A1).png", "\tx.png", "\rcr.png"]
 
@@ -288,7 +288,7 @@ def test_formula_cells_are_neutralised_and_recoverable(
     assert [r["path"] for r in records] == inputs and {r["variant"] for r in records} == {"@fp32"}
 
 
-# --- item 4: NaN and infinite model outputs ---------------------------------------------------
+# --- NaN and infinite model outputs ---------------------------------------------------
 
 
 def _poisoned_model(model: Path, folder: Path, poison: str) -> Path:
@@ -352,7 +352,7 @@ def test_non_finite_outputs_are_error_rows(model: Path, tmp_path: Path, poison: 
     assert not {c.lower() for row in cells for c in row} & {"nan", "inf", "-inf"}
 
 
-# --- items 10 and 16: undecodable and hostile file names --------------------------------------
+# --- undecodable and hostile file names --------------------------------------
 
 
 def test_undecodable_file_names_are_escaped_not_lost(model: Path, scans: Path, tmp_path: Path) -> None:
@@ -393,7 +393,7 @@ def test_control_characters_in_names_never_reach_the_terminal(model: Path, scans
     assert "\x1b" not in stream.getvalue() and "evil\\x1b[2J.png" in stream.getvalue()
 
 
-# --- item 24: a run folder or its onnx/ folder as MODEL ---------------------------------------
+# --- a run folder or its onnx/ folder as MODEL ---------------------------------------
 
 
 def _model_folder(tiny_export: Path, tmp_path: Path, int8_status: str | None) -> Path:
@@ -464,14 +464,14 @@ def test_no_input_files_is_not_a_silent_success(model: Path, tmp_path: Path) -> 
     assert f"no input files found in {folder} (1 skipped: 1 not an image)" in result.stderr
 
 
-# --- item 15: SIGTERM and SIGHUP --------------------------------------------------------------
+# --- SIGTERM and SIGHUP --------------------------------------------------------------
 
 # Runs the real CLI in a child process; its output writer stops half-way and waits, so the
 # signal arrives while the temporary file is open, every time.
 SLOW_WRITER = """
 import sys, time
 from pathlib import Path
-import medvit_edge.output as output_module
+import medvit_edge.inference.output as output_module
 from medvit_edge import cli
 
 real = output_module.format_predictions

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from medvit_edge import cli
-from medvit_edge.info import read_header
-from medvit_edge.manifest import Manifest
-from medvit_edge.metadata import RESEARCH_NOTICE
+from medvit_edge.deploy.info import read_header
+from medvit_edge.runtime.manifest import Manifest
+from medvit_edge.runtime.metadata import RESEARCH_NOTICE
 
 from .conftest import HAS_EXPORT
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from medvit_edge import cli, int8_target
-from medvit_edge.int8_target import detect_target, host_kind, target_warning
-from medvit_edge.runtime import Classifier
+from medvit_edge import cli
+from medvit_edge.runtime import int8_target
+from medvit_edge.runtime.classifier import Classifier
+from medvit_edge.runtime.int8_target import detect_target, host_kind, target_warning
 
 from .conftest import HAS_EXPORT, needs_export
 
@@ -112,7 +113,7 @@ def test_the_target_is_recorded_and_checked_at_load(
     seven = Classifier.load(tiny_export / "model.int8.onnx").metadata.quantization
     assert (eight["target"], eight["weight_bits"], eight["reduce_range"]) == ("avx512_vnni", 8, False)
     assert (seven["target"], seven["weight_bits"], seven["reduce_range"]) == ("portable", 7, True)
-    logger, captured = logging.getLogger("medvit_edge.int8_target"), _Records()
+    logger, captured = logging.getLogger("medvit_edge.runtime.int8_target"), _Records()
     monkeypatch.setattr(logger, "handlers", [captured])
     monkeypatch.setattr(logger, "level", logging.WARNING)
     _pretend_cpu(monkeypatch, X86_NO_VNNI)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medvit_edge.checkpoint import save_processor_config
-from medvit_edge.metrics import softmax
-from medvit_edge.preprocess import PreprocessSpec, preprocess
+from medvit_edge.io.checkpoint import save_processor_config
+from medvit_edge.runtime.policy import softmax
+from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess
 
 from .conftest import needs_export, needs_torch
 
@@ -79,7 +79,7 @@ def test_pipeline_matches_the_runtime_on_non_square_images(tiny_export: Path, tm
     from transformers import AutoImageProcessor, ViTImageProcessor, pipeline
 
     from medvit_edge.demo.phantom import generate_phantom_dataset
-    from medvit_edge.runtime import Classifier
+    from medvit_edge.runtime.classifier import Classifier
 
     generate_phantom_dataset(tmp_path, train_per_class=45, test_per_class=0, seed=7)
     paths = [p for p in sorted(tmp_path.rglob("*.png")) if len(set(Image.open(p).size)) == 2][:120]

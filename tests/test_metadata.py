@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from medvit_edge.metadata import MetadataError, ModelMetadata
-from medvit_edge.preprocess import PreprocessSpec
+from medvit_edge.runtime.metadata import MetadataError, ModelMetadata
+from medvit_edge.runtime.preprocess import PreprocessSpec
 
 
 def _metadata() -> ModelMetadata:

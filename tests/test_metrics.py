@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medvit_edge.metrics import auc_one_vs_rest, bootstrap_ci, calibration, classification_metrics, softmax
+from medvit_edge.evaluation.metrics import (
+    auc_one_vs_rest,
+    bootstrap_ci,
+    calibration,
+    classification_metrics,
+)
+from medvit_edge.runtime.policy import softmax
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 LABELS = ["benign", "malignant", "normal"]

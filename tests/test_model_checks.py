@@ -1,6 +1,6 @@
 """A model is checked at load (metadata, signature, manifest, the bytes it is built from), and the
-runtime's API behaves at the edges (empty input, many inputs). Issue 11 items 2, 4, 7, 13, 14,
-17, 18, 19: each test here failed on the code before them."""
+runtime's API behaves at the edges (empty input, many inputs). Each test here failed on the code
+before it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from medvit_edge.errors import ModelLoadError
-from medvit_edge.runtime import CHUNK, Classifier
+from medvit_edge.runtime.classifier import CHUNK, Classifier
 
 from .conftest import needs_export
 
@@ -199,7 +199,7 @@ def test_a_manifest_entry_with_a_wrong_type_is_refused(tiny_export: Path, tmp_pa
 def test_evaluate_refuses_manifest_entries_outside_the_folder(
     tiny_export: Path, tmp_path: Path, escape: str
 ) -> None:
-    from medvit_edge.evaluate import EvaluateConfig, evaluate
+    from medvit_edge.evaluation.evaluate import EvaluateConfig, evaluate
 
     run = tmp_path / "run"
     shutil.copytree(tiny_export.parent, run, ignore=shutil.ignore_patterns("checkpoints"))

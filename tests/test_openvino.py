@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 from medvit_edge import cli
 from medvit_edge.errors import ModelLoadError
-from medvit_edge.manifest import Manifest
-from medvit_edge.runtime import Classifier
-from medvit_edge.variants import VARIANTS, Tolerance
+from medvit_edge.runtime.classifier import Classifier
+from medvit_edge.runtime.manifest import Manifest
+from medvit_edge.runtime.variants import VARIANTS, Tolerance
 
 from .conftest import needs_export
 
@@ -201,7 +201,7 @@ def test_infer_run_folder_picks_a_file_this_machine_runs(
     ov_export: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The export's recommendation may be an IR; without OpenVINO an ONNX file is picked."""
-    from medvit_edge.infer import resolve_model_path
+    from medvit_edge.inference.command import resolve_model_path
 
     picked = resolve_model_path(ov_export)
     manifest = Manifest.read(ov_export)
@@ -214,7 +214,7 @@ def test_infer_run_folder_picks_a_file_this_machine_runs(
 
 
 def test_evaluate_covers_the_ir_variants(ov_export: Path, tiny_run: Path, tmp_path: Path) -> None:
-    from medvit_edge.evaluate import EvaluateConfig, evaluate
+    from medvit_edge.evaluation.evaluate import EvaluateConfig, evaluate
 
     report = evaluate(
         EvaluateConfig(
@@ -234,7 +234,7 @@ def test_evaluate_covers_the_ir_variants(ov_export: Path, tiny_run: Path, tmp_pa
 def test_evaluate_skips_irs_where_openvino_is_missing(
     ov_export: Path, tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medvit_edge.evaluate import EvaluateConfig, evaluate
+    from medvit_edge.evaluation.evaluate import EvaluateConfig, evaluate
 
     monkeypatch.setitem(sys.modules, "openvino", None)
     cfg = EvaluateConfig(
@@ -313,7 +313,7 @@ def test_damaged_or_foreign_irs_are_one_line_errors(ov_export: Path, tmp_path: P
 
 def test_throughput_hint_gives_the_same_probabilities(ov_export: Path, test_images: list) -> None:
     """``load_classifier(hint="throughput")``: several streams for many callers, same numbers."""
-    from medvit_edge.openvino_backend import load_classifier
+    from medvit_edge.runtime.classifier import load_classifier
 
     latency = Classifier.load(ov_export / FP32_IR, device="cpu")
     throughput = load_classifier(ov_export / FP32_IR, hint="throughput")

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from medvit_edge.images import array_to_rgb, load_image, to_rgb
-from medvit_edge.preprocess import PreprocessError, PreprocessSpec, preprocess, resized_size
+from medvit_edge.runtime.images import array_to_rgb, load_image, to_rgb
+from medvit_edge.runtime.preprocess import PreprocessError, PreprocessSpec, preprocess, resized_size
 
 from .conftest import needs_torch
 

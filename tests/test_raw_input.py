@@ -16,12 +16,12 @@ from PIL import Image
 
 from medvit_edge import cli
 from medvit_edge.errors import UserError
-from medvit_edge.images import ImageDecodeError, load_image
-from medvit_edge.manifest import Manifest
-from medvit_edge.metadata import MetadataError, ModelMetadata
-from medvit_edge.metrics import softmax
-from medvit_edge.preprocess import PreprocessSpec, preprocess
-from medvit_edge.runtime import Classifier, ModelLoadError
+from medvit_edge.runtime.classifier import Classifier, ModelLoadError
+from medvit_edge.runtime.images import ImageDecodeError, load_image
+from medvit_edge.runtime.manifest import Manifest
+from medvit_edge.runtime.metadata import MetadataError, ModelMetadata
+from medvit_edge.runtime.policy import softmax
+from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess
 
 from .conftest import REPO, needs_export
 
@@ -240,8 +240,8 @@ def test_same_size_frames_run_together_with_the_same_results(
 
 
 def test_infer_and_evaluate_accept_raw_files(raw_export: Path, phantom_dir: Path, tmp_path: Path) -> None:
-    from medvit_edge.evaluate import EvaluateConfig, evaluate
-    from medvit_edge.infer import InferConfig, infer
+    from medvit_edge.evaluation.evaluate import EvaluateConfig, evaluate
+    from medvit_edge.inference.command import InferConfig, infer
 
     folder = phantom_dir / "test"
     raw = infer(InferConfig(model=raw_export / "model.raw.onnx", inputs=[str(folder)], progress=False))
@@ -269,7 +269,7 @@ def test_infer_and_evaluate_accept_raw_files(raw_export: Path, phantom_dir: Path
 def test_an_aspect_ratio_the_graph_cannot_hold_is_one_error_row(
     raw_export: Path, phantom_tests: list[Path], tmp_path: Path
 ) -> None:
-    from medvit_edge.infer import InferConfig, infer
+    from medvit_edge.inference.command import InferConfig, infer
 
     sliver = tmp_path / "sliver.png"
     Image.fromarray(np.tile(np.arange(7000) % 251, (1, 1)).astype(np.uint8)).save(sliver)  # 7000x1

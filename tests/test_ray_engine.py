@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from medvit_edge.errors import UserError
-from medvit_edge.infer import InferConfig, format_predictions, infer
+from medvit_edge.inference.command import InferConfig, format_predictions, infer
 
 from .conftest import needs_export
 from .dicom_files import write_us_dicom
@@ -85,7 +85,7 @@ def plain(tiny_export: Path, archive: Path, tmp_path_factory: pytest.TempPathFac
 def test_ray_equals_plain_infer_row_for_row(
     local_ray: object, plain: object, tiny_export: Path, archive: Path, tmp_path: Path
 ) -> None:
-    from medvit_edge.ray_engine import infer_on_ray
+    from medvit_edge.inference.ray_engine import infer_on_ray
 
     output = tmp_path / "ray.csv"
     summary = infer_on_ray(_config(tiny_export, archive, output), workers=2)
@@ -105,7 +105,7 @@ def test_parquet_file_holds_the_jsonl_values(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from medvit_edge.ray_engine import infer_on_ray
+    from medvit_edge.inference.ray_engine import infer_on_ray
 
     output = tmp_path / "preds.parquet"
     summary = infer_on_ray(_config(tiny_export, archive, output), workers=1)
@@ -137,8 +137,8 @@ def test_partitioned_folder_with_success_marker(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from medvit_edge import parquet_out
-    from medvit_edge.ray_engine import infer_on_ray
+    from medvit_edge.inference import parquet_out
+    from medvit_edge.inference.ray_engine import infer_on_ray
 
     monkeypatch.setattr(parquet_out, "ROWS_PER_PART", 10)  # several parts from a small folder
     output = tmp_path / "predictions"
@@ -159,8 +159,8 @@ def test_partitioned_folder_with_success_marker(
 def test_a_failed_folder_write_leaves_nothing(
     local_ray: object, tiny_export: Path, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medvit_edge import parquet_out
-    from medvit_edge.ray_engine import infer_on_ray
+    from medvit_edge.inference import parquet_out
+    from medvit_edge.inference.ray_engine import infer_on_ray
 
     write_part = parquet_out.PartitionedParquet._write_part
 
@@ -183,8 +183,8 @@ def _no_cluster(address: object) -> None:
 def test_outputs_refused_before_any_work(
     tiny_export: Path, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medvit_edge import ray_engine
-    from medvit_edge.ray_engine import infer_on_ray
+    from medvit_edge.inference import ray_engine
+    from medvit_edge.inference.ray_engine import infer_on_ray
 
     monkeypatch.setattr(ray_engine, "_ray_session", _no_cluster)
     (tmp_path / "full").mkdir()
@@ -206,7 +206,7 @@ def test_outputs_refused_before_any_work(
 def test_no_input_needs_no_cluster(
     tiny_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medvit_edge import ray_engine
+    from medvit_edge.inference import ray_engine
 
     monkeypatch.setattr(ray_engine, "_ray_session", _no_cluster)
     (tmp_path / "empty").mkdir()
@@ -216,7 +216,7 @@ def test_no_input_needs_no_cluster(
 
 
 def test_worker_plan() -> None:
-    from medvit_edge.ray_engine import plan_workers
+    from medvit_edge.inference.ray_engine import plan_workers
 
     cfg = InferConfig(model=Path("m.onnx"), inputs=[])
     two = plan_workers({"CPU": 2.0}, cfg, 2, 40, 32)

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from medvit_edge import cli, recommend, system
-from medvit_edge.infer import resolve_model_path
-from medvit_edge.manifest import Manifest, Recommendation, Validation, VariantRecord
-from medvit_edge.variants import DEPLOY_PREFERENCE, VARIANTS
+from medvit_edge import cli, system
+from medvit_edge.inference.command import resolve_model_path
+from medvit_edge.runtime import recommend
+from medvit_edge.runtime.manifest import Manifest, Recommendation, Validation, VariantRecord
+from medvit_edge.runtime.variants import DEPLOY_PREFERENCE, VARIANTS
 from tests.conftest import needs_export
 
 

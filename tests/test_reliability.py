@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medvit_edge.infer import InferConfig, infer
-from medvit_edge.runtime import Classifier, ModelLoadError
+from medvit_edge.inference.command import InferConfig, infer
+from medvit_edge.runtime.classifier import Classifier, ModelLoadError
 
 from .conftest import REPO, needs_export, needs_torch
 from .dicom_files import write_us_dicom

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medvit_edge.runtime import Classifier, ModelLoadError, choose_providers
+from medvit_edge.runtime.classifier import Classifier, ModelLoadError, choose_providers
 
 from .conftest import needs_export
 
@@ -50,7 +50,7 @@ def test_predict_accepts_paths_pil_arrays_and_batches(classifier: Classifier, im
 def test_runtime_equals_onnxruntime_fed_by_torchvision(classifier: Classifier, images: list) -> None:
     import onnxruntime as ort
 
-    from medvit_edge.metrics import softmax
+    from medvit_edge.runtime.policy import softmax
     from medvit_edge.train.models import torchvision_transforms
 
     transform = torchvision_transforms(classifier.spec, train=False)

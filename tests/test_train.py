@@ -176,7 +176,7 @@ def test_unwritable_output_fails_before_training(tmp_path: Path) -> None:
 def test_hub_dataset_source(phantom_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The default data source (a hub id) through a real DatasetDict, since the hub is out of reach."""
     datasets = pytest.importorskip("datasets")
-    from medvit_edge.labelled import read_labelled_set
+    from medvit_edge.io.labelled import read_labelled_set
     from medvit_edge.train.config import COOKBOOK_DATA, TrainConfig
     from medvit_edge.train.prepare import prepare_data
 

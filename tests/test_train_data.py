@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from medvit_edge.errors import UserError
-from medvit_edge.labelled import read_labelled_set
+from medvit_edge.io.labelled import read_labelled_set
 
 from .conftest import needs_torch
 
@@ -87,7 +87,7 @@ def test_folder_without_images_is_refused(tmp_path: Path, layout: str) -> None:
 
 
 def test_csv_with_a_byte_order_mark_is_read_like_any_other(phantom_dir: Path, tmp_path: Path) -> None:
-    """Excel's "CSV UTF-8" starts with a BOM; train reads CSVs only through medvit_edge.labelled."""
+    """Excel's "CSV UTF-8" starts with a BOM; train reads CSVs only through medvit_edge.io.labelled."""
     rows = [(p, "benign") for p in _phantoms(phantom_dir, "benign", 4)]
     rows += [(p, "normal") for p in _phantoms(phantom_dir, "normal", 4)]
     data = _write_csv(tmp_path / "excel.csv", rows)

@@ -11,10 +11,10 @@ import numpy as np
 from PIL import Image
 
 from medvit_edge.errors import UserError, printable
-from medvit_edge.images import as_rgb_image
-from medvit_edge.inputs import InputFile, walk_folder
-from medvit_edge.labelled import SPLIT_ALIASES, read_class_folders, read_split_csv
-from medvit_edge.reader import read_labelled_image
+from medvit_edge.io.inputs import InputFile, walk_folder
+from medvit_edge.io.labelled import SPLIT_ALIASES, read_class_folders, read_split_csv
+from medvit_edge.io.reader import read_labelled_image
+from medvit_edge.runtime.images import as_rgb_image
 
 from .hub import ensure_hub_reachable, looks_like_local_path
 
@@ -27,7 +27,7 @@ class Sample:
     path: Path | None = None
     hub_ref: tuple[Any, int] | None = field(default=None, compare=False, hash=False)
     group: str = ""
-    frame: int | None = None  # of a multi-frame file; None: medvit_edge.reader's rule
+    frame: int | None = None  # of a multi-frame file; None: medvit_edge.io.reader's rule
 
     def image(self) -> Image.Image:
         if self.path is not None:
@@ -93,7 +93,7 @@ def check_classes(source: str, samples: list[Sample]) -> None:
 
 
 def _from_csv(csv_path: Path) -> tuple[list[Sample], list[str], bool]:
-    """Through ``medvit_edge.labelled``, so train reads a CSV exactly as infer and evaluate do."""
+    """Through ``medvit_edge.io.labelled``, so train reads a CSV exactly as infer and evaluate do."""
     try:
         images = read_split_csv(csv_path)
     except (OSError, ValueError) as exc:

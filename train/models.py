@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from medvit_edge.checkpoint import load_spec
-from medvit_edge.preprocess import PreprocessSpec
+from medvit_edge.io.checkpoint import load_spec
+from medvit_edge.runtime.preprocess import PreprocessSpec
 
 # Offline presets. "tiny" is for tests and the demo (seconds on a CPU); "small" (DeiT-Tiny
 # width, 6 blocks, 128 px so 64 tokens) learns real ultrasound from scratch on a CPU in minutes.
@@ -69,7 +69,7 @@ def torchvision_transforms(
     spec: PreprocessSpec, train: bool, crop_scale: tuple[float, float] = (0.08, 1.0)
 ) -> Any:
     """The torchvision pipeline for the spec: RandomResizedCrop + flip for training,
-    the exact eval transform (which ``medvit_edge.preprocess`` reproduces in numpy) otherwise."""
+    the exact eval transform (which ``medvit_edge.runtime.preprocess`` reproduces in numpy) otherwise."""
     from torchvision import transforms as T
 
     interpolation = T.InterpolationMode(spec.interpolation)

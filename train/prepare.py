@@ -14,7 +14,7 @@ import numpy as np
 
 from medvit_edge.errors import UserError, printable
 from medvit_edge.files import atomic_writer
-from medvit_edge.images import ImageDecodeError
+from medvit_edge.runtime.images import ImageDecodeError
 
 from .config import TrainConfig
 from .data import (
@@ -166,7 +166,7 @@ def class_counts(bundle: DataBundle) -> dict[str, dict[str, int]]:
 
 def write_split_csv(path: Path, bundle: DataBundle) -> None:
     """One row per image used: path, label, split, duplicate group, frame (empty: the reader's
-    rule, see medvit_edge.reader)."""
+    rule, see medvit_edge.io.reader)."""
     with atomic_writer(path) as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "split", "dup_group", "frame"])

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from medvit_edge.preprocess import PreprocessSpec
+from medvit_edge.runtime.preprocess import PreprocessSpec
 
 from .config import TrainConfig
 from .data import DataBundle

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from medvit_edge.checkpoint import save_model
+from medvit_edge.evaluation.metrics import classification_metrics, flat_metrics
 from medvit_edge.files import write_json_atomic
-from medvit_edge.metrics import classification_metrics, flat_metrics
+from medvit_edge.io.checkpoint import save_model
 
 from .config import TrainConfig
 from .data import DataBundle, Sample

@@ -62,7 +62,7 @@ function customMetadata(modelBytes) {
   return props;
 }
 
-// The model's decision policy (metadata decision_policy; medvit_edge/decision.py), applied as the
+// The model's decision policy (metadata decision_policy; medvit_edge/runtime/policy.py), applied as the
 // Python runtime applies it: softmax(logits / temperature); "refer" when the top probability <
 // the refer threshold; else the first operating point (its label when p(label) >= threshold);
 // else the most probable label (of the others when an operating point exists).

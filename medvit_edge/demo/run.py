@@ -46,9 +46,9 @@ class DemoResult:
 
 
 def demo(cfg: DemoConfig) -> DemoResult:
-    from medvit_edge.evaluate import EvaluateConfig, evaluate
+    from medvit_edge.evaluation.evaluate import EvaluateConfig, evaluate
     from medvit_edge.export import ExportConfig, export
-    from medvit_edge.infer import InferConfig, infer
+    from medvit_edge.inference.command import InferConfig, infer
     from medvit_edge.train import train
 
     timings: dict[str, float] = {}
@@ -120,7 +120,7 @@ def _train_config(cfg: DemoConfig, data: Path, run_dir: Path) -> Any:
 
 def _test_split_csv(split_csv: Path, target: Path) -> Path:
     """The test rows of a split CSV as a ``path,label`` file with absolute paths."""
-    from medvit_edge.labelled import read_labelled_set
+    from medvit_edge.io.labelled import read_labelled_set
 
     rows = read_labelled_set(split_csv, "test")
     if not rows:
@@ -133,7 +133,7 @@ def _test_split_csv(split_csv: Path, target: Path) -> Path:
 
 
 def _paths_from_csv(labels_csv: Path) -> list[str]:
-    from medvit_edge.labelled import read_labelled_set
+    from medvit_edge.io.labelled import read_labelled_set
 
     return [str(image.path) for image in read_labelled_set(labels_csv)]
 

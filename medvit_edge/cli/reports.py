@@ -1,0 +1,146 @@
+"""`evaluate`, `demo` and `serve-dicom`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from medvit_edge.cli.common import config_default, existing_path, new_path_option, require
+from medvit_edge.demo.run import DemoConfig
+from medvit_edge.evaluation.evaluate import EvaluateConfig
+from medvit_edge.hospital.node import NodeConfig
+from medvit_edge.options import choices, field_default
+from medvit_edge.runtime.variants import Device
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@existing_path("--data", "Labelled set (split CSV or class folders). [default: RUN_DIR/split.csv]")
+@click.option(
+    "--split",
+    default=field_default(EvaluateConfig, "split"),
+    show_default=True,
+    help="Split of a split CSV to evaluate (train, val/validation, test).",
+)
+@click.option(
+    "--output", type=click.Path(path_type=Path), help="Report folder. [default: RUN_DIR/evaluation]"
+)
+@click.option(
+    "--onnx-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="[default: RUN_DIR/onnx]",
+)
+@click.option(
+    "--pytorch/--no-pytorch",
+    default=field_default(EvaluateConfig, "pytorch"),
+    show_default=True,
+    help="Include the PyTorch model (needs torch).",
+)
+@click.option("--threads", type=int, help="Threads for every model.")
+@click.option("--no-plots", "plots", flag_value=False, default=True, help="Skip the PNG plots.")
+def evaluate(**values: Any) -> None:
+    """Compare the PyTorch model and every ONNX variant of RUN_DIR on the same labelled images.
+
+    Writes report.md, report.json and plots: accuracy, recall and specificity per class (Wilson
+    95% intervals), AUC and balanced accuracy (bootstrap intervals), calibration before/after the
+    stored temperature, operating points, refer coverage, risk-coverage, decisions vs fp32,
+    parity with PyTorch, latency, throughput, size.
+    """
+    require("runtime")
+    from medvit_edge.evaluation.evaluate import evaluate as run_evaluate
+    from medvit_edge.evaluation.report import summary_table
+
+    cfg = EvaluateConfig(**values)
+    report = run_evaluate(cfg)
+    click.echo("\n".join(summary_table(report.variants, report.labels)))
+    click.echo(f"report: {cfg.output / 'report.md' if cfg.output else ''}")
+
+
+@click.command()
+@existing_path("--data", "Run on a real class-folder directory or split CSV instead of phantoms.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=field_default(DemoConfig, "output"),
+    show_default=True,
+)
+@click.option("--epochs", type=float, default=field_default(DemoConfig, "epochs"), show_default=True)
+@click.option("--seed", type=int, default=field_default(DemoConfig, "seed"), show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(data: Path | None, output: Path, epochs: float, seed: int, quiet: bool) -> None:
+    """Run the whole pipeline offline: phantom data -> tiny ViT -> fp32/fp16/int8 ONNX ->
+    infer on held-out images -> side-by-side table. About a minute on 2 CPU cores."""
+    require("train")
+    require("export")
+    from medvit_edge.demo import demo as run_demo
+    from medvit_edge.evaluation.report import summary_table
+
+    result = run_demo(DemoConfig(output=output, data=data, epochs=epochs, seed=seed, progress=not quiet))
+    click.echo("\n" + "\n".join(summary_table(result.report.variants, result.report.labels)))
+    if result.infer_accuracy is not None:
+        click.echo(f"\ninfer (int8) accuracy on the held-out images: {result.infer_accuracy:.3f}")
+    click.echo(
+        "\n".join(
+            [
+                "",
+                f"everything is under {result.output}/:",
+                f"  trained model      {result.run_dir}/ (metrics.json, confusion_matrix.png, README.md)",
+                f"  ONNX variants      {result.onnx_dir}/ (manifest.json)",
+                f"  predictions        {result.predictions}",
+                f"  evaluation report  {result.output / 'evaluation' / 'report.md'}",
+                "  timings            " + ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items()),
+            ]
+        )
+    )
+
+
+@click.command("serve-dicom")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--ae-title", default=field_default(NodeConfig, "ae_title"), show_default=True, help="This AE.")
+@click.option("--port", type=int, default=field_default(NodeConfig, "port"), show_default=True)
+@click.option("--host", default=field_default(NodeConfig, "host"), show_default=True, help="Listen address.")
+@click.option("--destination", help="Send each SR to this AE: AE@host:port (e.g. PACS@10.0.0.5:104).")
+@new_path_option("--dicom-out", "Also keep each SR here.", folder=True)
+@new_path_option("--audit-log", "One JSON line per prediction.", folder=False)
+@new_path_option(
+    "--spool", "Received instances wait here (re-queued after a crash). [default: a temporary folder]", True
+)
+@config_default(
+    "--queue-size",
+    NodeConfig,
+    "queue_size",
+    int,
+    "Instances waiting at most; when full, a sender is refused (0xA700) and may retry.",
+)
+@click.option(
+    "--modality",
+    "modalities",
+    multiple=True,
+    default=field_default(NodeConfig, "modalities"),
+    show_default=True,
+    help="Classify instances of this Modality (repeatable); others are logged and skipped.",
+)
+@click.option("--allow-ae", "allowed_aes", multiple=True, help="Accept only these calling AE titles.")
+@click.option(
+    "--device",
+    type=click.Choice(choices(Device)),
+    default=field_default(NodeConfig, "device"),
+    show_default=True,
+)
+@click.option("--threads", type=int, help="onnxruntime intra-op threads. [default: all cores]")
+def serve_dicom(**values: Any) -> None:
+    """A DICOM node: a Storage SCP that classifies each ultrasound instance it receives and sends
+    a DICOM Structured Report to --destination (C-STORE). A bad instance is logged and the node
+    goes on; SIGTERM or SIGINT stop it after the instances received are done. Needs [dicom].
+    """
+    require("runtime")
+    from medvit_edge.hospital.node import NodeConfig, serve
+
+    values["modalities"], values["allowed_aes"] = tuple(values["modalities"]), tuple(values["allowed_aes"])
+    stats = serve(NodeConfig(**values))
+    click.echo(
+        f"{stats.received} instances received, {stats.reported} reported, {stats.failed} failed, "
+        f"{stats.refused} refused; {stats.sent} SRs sent, {stats.unsent} not sent"
+    )

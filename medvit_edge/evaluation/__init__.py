@@ -1,0 +1,1 @@
+"""Measuring models on labelled images: metrics, decision-support fitting and reports."""

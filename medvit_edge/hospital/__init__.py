@@ -1,0 +1,1 @@
+"""Hospital integration: the DICOM node (``serve-dicom``), DICOM SR reports and the audit log."""

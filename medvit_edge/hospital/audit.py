@@ -1,0 +1,299 @@
+"""The audit trail: one JSON line per prediction, append-only, each line on disk before it counts.
+
+    with AuditLog.open("audit.jsonl") as audit:
+        seq = audit.submit(record)   # returns at once while the buffer has room
+        audit.wait(seq)              # returns once line ``seq`` (and every line before it) is durable
+        audit.log(record)            # submit + wait: "acknowledged" = this call returned
+
+**Acknowledged** means durable: a line counts as written only once ``write()`` returned for it
+*and* ``fsync()`` of the file returned after that; ``wait``/``log`` return, and ``on_durable``
+is called with the highest such sequence number, only then. A process killed at any moment
+(SIGKILL included) therefore leaves every acknowledged line in the file; lines submitted but not
+yet acknowledged may or may not be there. ``infer`` releases nothing (output file, SRs) until all
+its lines are acknowledged; the DICOM node acknowledges a received instance's lines before it
+sends the report.
+
+**Never blocking prediction on a slow disk**: a writer thread does the ``write()`` + ``fsync()``
+(several pending lines share one ``fsync``), so ``submit`` returns at once while fewer than
+``capacity`` lines wait in the buffer. When the buffer is full, ``submit`` **waits for room**
+(back-pressure) rather than dropping a line: an audit trail with holes is worse than a slower
+prediction. How often that happened is counted in ``waits`` and logged once.
+
+**Failure**: when the file cannot be written (disk full, removed volume), every later ``submit``,
+``wait`` and ``log`` raises ``AuditError`` (exit 2 for a command), so nothing is released
+unaudited.
+
+**Format** (one object per line, UTF-8): ``time`` (UTC, ISO 8601), ``source`` (``infer``,
+``node``, or the embedding program's name), ``input`` (a path, or the SOPInstanceUID of an
+instance received over the network), ``frame``, ``study_uid``, ``series_uid``, ``sop_uid``,
+``input_sha256``, ``model`` (name), ``model_sha256`` (always: the runtime hashes the file it
+loads), ``model_version``, ``variant``, ``label``, ``probabilities``, ``decision``, ``error``,
+``software`` (package versions) and ``host``. The file is opened ``O_APPEND`` and never
+rewritten; a line cut short by a machine crash (never by a killed process, whose ``write()``
+completes) is ended with a newline on the next open, so later lines stay parseable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from medvit_edge.errors import UserError
+from medvit_edge.inference.rows import PredictionRow
+
+logger = logging.getLogger(__name__)
+
+# Lines waiting for the disk before ``submit`` waits for room.
+CAPACITY = 1024
+SOFTWARE = ("medvit-edge", "onnxruntime", "onnxruntime-gpu", "numpy", "pillow", "pydicom", "highdicom")
+
+
+class AuditError(UserError):
+    """The audit log cannot be written: the message names the file and the cause (exit 2)."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What made a prediction: in every audit line and every DICOM report."""
+
+    name: str  # e.g. "busi-vitl/model.int8.onnx": the run folder and the file
+    version: str  # variant and export time, e.g. "int8-dynamic, exported 2026-01-02T03:04:05Z"
+    sha256: str
+    variant: str
+
+    @classmethod
+    def of(cls, classifier: Any) -> ModelIdentity:
+        """From a loaded ``Classifier`` (its sha256 is always set: the runtime hashes the file)."""
+        path = Path(classifier.path)
+        name = f"{path.parent.parent.name}/{path.name}" if path.parent.name == "onnx" else path.name
+        created = classifier.metadata.created
+        version_text = f"{classifier.variant}, exported {created}" if created else classifier.variant
+        return cls(name, version_text, classifier.sha256, classifier.variant)
+
+
+def software_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape a prediction, and Python's."""
+    found = {"python": platform.python_version()}
+    for name in SOFTWARE:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def prediction_record(
+    row: PredictionRow, labels: list[str], model: ModelIdentity, source: str
+) -> dict[str, Any]:
+    """One audit line for one prediction row or error row."""
+    probabilities = {label: row.probabilities.get(label) for label in labels} if row.ok else None
+    return {
+        "time": utc_now(),
+        "source": source,
+        "input": row.path or row.ids.sop_uid,
+        "frame": "" if row.frame is None else row.frame,
+        **row.ids.columns(),
+        "input_sha256": row.input_sha256,
+        "model": model.name,
+        "model_sha256": model.sha256,
+        "model_version": model.version,
+        "variant": model.variant,
+        "label": row.label,
+        "probabilities": probabilities,
+        "decision": row.decision or None,
+        "error": row.error,
+        "software": _SOFTWARE,
+        "host": _HOST,
+    }
+
+
+_SOFTWARE = software_versions()
+_HOST = socket.gethostname()
+
+
+class AuditLog:
+    """Append-only JSONL with a bounded buffer and a writer thread (see the module docstring)."""
+
+    def __init__(self, path: Path, capacity: int = CAPACITY, on_durable: Callable[[int], None] | None = None):
+        self.path, self.capacity, self.on_durable = Path(path), max(capacity, 1), on_durable
+        self.waits = 0  # times submit found the buffer full
+        self._fd = _open_append(self.path)
+        self._pending: deque[tuple[int, bytes]] = deque()
+        self._submitted = self._durable = 0
+        self._error: str | None = None
+        self._closing = False
+        self._lock = threading.Condition()
+        self._thread = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(cls, path: Path, **options: Any) -> AuditLog:
+        """An ``AuditError`` (exit 2, one line) when the file cannot be opened for appending."""
+        try:
+            return cls(path, **options)
+        except OSError as exc:
+            raise AuditError(
+                f"--audit-log {path}: cannot open it for appending ({exc.strerror or exc})"
+            ) from exc
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def durable(self) -> int:
+        """The sequence number of the last line known to be on disk (0: none yet)."""
+        return self._durable
+
+    def submit(self, record: dict[str, Any]) -> int:
+        """Queue one line; returns its sequence number (1, 2, ...). Waits only while the buffer
+        is full; raises ``AuditError`` once writing has failed or after ``close``."""
+        line = (json.dumps(record, allow_nan=False, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._lock:
+            if len(self._pending) >= self.capacity and not self._error:
+                self.waits += 1
+                if self.waits == 1:
+                    logger.warning(
+                        "audit log %s: the disk is slower than the predictions; waiting", self.path
+                    )
+            while len(self._pending) >= self.capacity and not self._error:
+                self._lock.wait()
+            self._raise_if_failed()
+            if self._closing:
+                raise AuditError(f"audit log {self.path}: already closed")
+            self._submitted += 1
+            self._pending.append((self._submitted, line))
+            self._lock.notify_all()
+            return self._submitted
+
+    def wait(self, seq: int, timeout: float | None = None) -> bool:
+        """Until line ``seq`` is durable (True) or ``timeout`` seconds passed (False)."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._durable >= seq or self._error is not None, timeout)
+            if self._durable >= seq:
+                return True
+            self._raise_if_failed()
+            return False
+
+    def log(self, record: dict[str, Any]) -> int:
+        """Submit and wait until the line is durable: acknowledged when this returns."""
+        seq = self.submit(record)
+        self.wait(seq)
+        return seq
+
+    def close(self) -> None:
+        """Write what is pending, stop the writer and close the file; raises ``AuditError`` when
+        pending lines could not be written."""
+        with self._lock:
+            if self._fd is None:
+                return
+            self._closing = True
+            self._lock.notify_all()
+        self._thread.join()
+        os.close(self._fd)
+        self._fd = None
+        with self._lock:
+            self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise AuditError(
+                f"audit log {self.path}: cannot write it ({self._error}); nothing more is released"
+            )
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: bool(self._pending) or self._closing)
+                if not self._pending:
+                    return  # closing, and everything is written
+                batch = list(self._pending)
+                self._pending.clear()
+                self._lock.notify_all()  # room in the buffer
+            try:
+                _write_all(self._fd, b"".join(line for _, line in batch))
+                os.fsync(self._fd)  # type: ignore[arg-type]
+            except OSError as exc:
+                with self._lock:
+                    self._error = exc.strerror or str(exc)
+                    self._lock.notify_all()
+                logger.error("audit log %s: cannot write it (%s)", self.path, self._error)
+                return
+            with self._lock:
+                self._durable = batch[-1][0]
+                self._lock.notify_all()
+            if self.on_durable is not None:
+                self.on_durable(self._durable)
+
+
+def _open_append(path: Path) -> int:
+    """Open for appending (created 0640 when new, its folder entry made durable too); a torn
+    last line left by a machine crash is ended first."""
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        size = os.fstat(fd).st_size
+        if size and _last_byte(path, size) != b"\n":
+            _write_all(fd, b"\n")
+        os.fsync(fd)
+        if created:
+            _fsync_folder(path.parent)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _last_byte(path: Path, size: int) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(size - 1)
+        return handle.read(1)
+
+
+def _write_all(fd: int | None, data: bytes) -> None:
+    assert fd is not None
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not every system can open a folder; the file itself is synced
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def audit_rows(
+    log: AuditLog, rows: list[PredictionRow], labels: list[str], model: ModelIdentity, source: str
+) -> None:
+    """One line per row; returns once every line is acknowledged (``AuditError`` otherwise)."""
+    last = 0
+    for row in rows:
+        last = log.submit(prediction_record(row, labels, model, source))
+    if last:
+        log.wait(last)

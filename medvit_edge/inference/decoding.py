@@ -1,0 +1,112 @@
+"""Decoding ahead of the model for ``infer``: files -> preprocessed frames, in worker threads.
+
+Each file is read by ``medvit_edge.io.reader`` (the one reader of every command) and becomes a
+``DecodedFile``: its ``(frame index, tensor or that frame's error)`` pairs, the file's DICOM
+identifiers (empty for other files) and, when asked, the sha256 of its bytes (for the audit
+log). A file that cannot be used at all has ``error`` set and no frames, with the identifiers
+when a DICOM header could be read.
+
+Decoding and preprocessing run in threads (Pillow, numpy and onnxruntime release the GIL), at
+most ``window`` files in flight, and come back in input order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from medvit_edge.files import sha256_file
+from medvit_edge.io.inputs import InputFile
+from medvit_edge.io.reader import NO_IDS, DicomIds, ids_of_error, read_file
+from medvit_edge.runtime.classifier import raw_pixels
+from medvit_edge.runtime.images import ImageDecodeError, refuse_constant
+from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess
+
+# (frame index, preprocessed tensor or that frame's error)
+Frames = list[tuple[int, np.ndarray | str]]
+
+
+@dataclass
+class DecodedFile:
+    """One input file, decoded: its frames, or the error that made the whole file unusable."""
+
+    frames: Frames = field(default_factory=list)
+    ids: DicomIds = NO_IDS
+    sha256: str = ""  # "" unless asked for
+    error: str = ""
+
+
+def decode_file(path: Path, spec: PreprocessSpec, digest: bool = False, raw: bool = False) -> DecodedFile:
+    """One file -> its preprocessed frames (a single image is frame 0). A blank frame of a
+    multi-frame file is that frame's error (a cine loop keeps its other frames); a blank
+    single-frame file is an ``ImageDecodeError``. ``digest``: also hash the file's bytes.
+    ``raw``: the frames as the RGB uint8 (H, W, 3) arrays a raw-input model takes."""
+    decoded = read_file(path, check_constant=False)
+    if len(decoded.frames) == 1:
+        refuse_constant(decoded.frames[0], str(path))
+    frames = [(i, _frame_tensor(path, i, frame, spec, raw)) for i, frame in enumerate(decoded.frames)]
+    return DecodedFile(frames, decoded.ids, _digest(path) if digest else "")
+
+
+def _frame_tensor(
+    path: Path, index: int, frame: Image.Image, spec: PreprocessSpec, raw: bool = False
+) -> np.ndarray | str:
+    try:
+        refuse_constant(frame, f"{path}: frame {index}")
+        if raw:
+            return raw_pixels(frame, spec)
+    except ImageDecodeError as exc:
+        return str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+    return preprocess(frame, spec)
+
+
+def _digest(path: Path) -> str:
+    try:
+        return sha256_file(path)
+    except OSError:  # unreadable: the decode error already says why
+        return ""
+
+
+def decode_safely(
+    item: InputFile, spec: PreprocessSpec, digest: bool = False, raw: bool = False
+) -> DecodedFile:
+    """``decode_file``, with every failure turned into an ``error`` (one row, never the run)."""
+    if item.error:
+        return DecodedFile(error=item.error)
+    try:
+        return decode_file(item.path, spec, digest, raw)
+    except ImageDecodeError as exc:
+        return DecodedFile(ids=ids_of_error(exc), sha256=_digest(item.path) if digest else "", error=str(exc))
+    except Exception as exc:  # a decoder bug must cost one row, never the whole run
+        return DecodedFile(error=f"{item.path}: unexpected {type(exc).__name__}: {exc}")
+
+
+def decoded_in_order(
+    items: list[InputFile],
+    spec: PreprocessSpec,
+    workers: int,
+    window: int,
+    digest: bool = False,
+    raw: bool = False,
+) -> Iterator[tuple[InputFile, DecodedFile]]:
+    """Decode ahead in threads, at most ``window`` files in flight, yielding in input order."""
+    with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="decode") as pool:
+        pending: deque[tuple[InputFile, Future[Any]]] = deque()
+        upcoming = iter(items)
+        for item in upcoming:
+            pending.append((item, pool.submit(decode_safely, item, spec, digest, raw)))
+            if len(pending) >= window:
+                break
+        while pending:
+            item, future = pending.popleft()
+            next_item = next(upcoming, None)
+            if next_item is not None:
+                pending.append((next_item, pool.submit(decode_safely, next_item, spec, digest, raw)))
+            yield item, future.result()
