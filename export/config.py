@@ -104,8 +104,6 @@ class ExportConfig:
     calibrate: bool = True  # temperature scaling (validation NLL)
 
     def __post_init__(self) -> None:
-        if isinstance(self.int8, str):  # the old spelling int8="dynamic" / "static"
-            self.int8, self.int8_mode = True, self.int8  # type: ignore[assignment]
         validate_literals(self)
         self.run_dir = Path(self.run_dir)
         self.output = Path(self.output) if self.output else self.run_dir / "onnx"

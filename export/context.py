@@ -12,7 +12,6 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from medvit_edge.runtime.metadata import ModelMetadata
 from medvit_edge.runtime.policy import DecisionPolicy
 from medvit_edge.runtime.preprocess import PreprocessSpec
 from medvit_edge.runtime.variants import VARIANTS, Variant
+from medvit_edge.system import software_versions
 
 from .card import Governance, read_governance
 from .config import ExportConfig
@@ -36,6 +36,19 @@ from .validate import ValidationSet, compare, load_validation_set, torch_logits
 from .variants import write_ir_metadata, write_metadata
 
 logger = logging.getLogger(__name__)
+# the packages whose versions shape an exported file (recorded in its metadata)
+EXPORT_SOFTWARE = (
+    "medvit-edge",
+    "torch",
+    "transformers",
+    "optimum",
+    "optimum-onnx",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "openvino",
+    "nncf",
+)
 
 
 @dataclass
@@ -86,7 +99,7 @@ class ExportContext:
             reference=reference,
             policy=export_policy(cfg, reference, validation, labels),  # one for all
             source_sha256=sha256_file(weights[0]),
-            versions=_versions(),
+            versions=software_versions(EXPORT_SOFTWARE),
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             governance=read_governance(cfg.run_dir, cfg.model_version),
             num_heads=model.config.num_attention_heads,
@@ -185,24 +198,3 @@ class ExportContext:
             variants=tuple(records),
             decision_policy=self.policy,
         )
-
-
-def _versions() -> dict[str, str]:
-    versions = {}
-    for package in (
-        "medvit-edge",
-        "torch",
-        "transformers",
-        "optimum",
-        "optimum-onnx",
-        "onnx",
-        "onnxruntime",
-        "onnxruntime-gpu",
-        "openvino",
-        "nncf",
-    ):
-        try:
-            versions[package] = importlib_metadata.version(package)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return versions

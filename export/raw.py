@@ -194,7 +194,7 @@ def _normalise(builder: _Builder, spec: PreprocessSpec, pixels: str, output: str
     builder.node("Div", [builder.node("Sub", [scaled, mean]), std], outputs=[output])
 
 
-_FLOAT, _UINT8, _INT32, _INT64 = 1, 2, 6, 7  # onnx.TensorProto enum values
+_FLOAT, _UINT8, _INT64 = 1, 2, 7  # onnx.TensorProto enum values
 
 
 def preprocessing_model(spec: PreprocessSpec, float_resize: bool = False) -> Any:

@@ -18,3 +18,15 @@ def lazy_getattr(package: str, table: dict[str, str]) -> Callable[[str], Any]:
         return getattr(importlib.import_module(table[name], package), name)
 
     return __getattr__
+
+
+def import_optional(*modules: str, hint: str, error: type[Exception] | None = None) -> Any:
+    """Import ``modules`` in turn and return the first; when one is missing, raise ``error``
+    (``UserError``, exit 2, by default) with ``hint``: the ``pip install`` line of its extra."""
+    from medvit_edge.errors import UserError
+
+    try:
+        found = [importlib.import_module(name) for name in modules]
+    except ImportError as exc:
+        raise (error or UserError)(hint) from exc
+    return found[0]

@@ -79,3 +79,17 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process. VmHWM, not ru_maxrss: ru_maxrss survives fork/exec
     on Linux and would report the parent's peak in a child."""
     return _status_mb("VmHWM")
+
+
+def software_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of ``packages`` (those not installed are left out), and Python's."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found

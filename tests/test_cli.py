@@ -99,12 +99,11 @@ def test_export_and_evaluate_commands(tiny_run: Path, tmp_path: Path) -> None:
 
 
 @needs_export
-def test_export_keeps_the_old_int8_mode_spelling(tiny_run: Path, tmp_path: Path) -> None:
+def test_export_int8_mode_picks_the_variant(tiny_run: Path, tmp_path: Path) -> None:
     import json
 
     for args, variant in (
-        (["--int8", "static"], "int8-static"),
-        (["--int8=static"], "int8-static"),
+        (["--int8", "--int8-mode", "static"], "int8-static"),
         (["--int8", "--int8-mode", "dynamic"], "int8-dynamic"),
     ):
         output = tmp_path / variant / str(len(args))

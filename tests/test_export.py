@@ -167,7 +167,7 @@ def test_int8_guard_keeps_the_planted_outlier_layer_in_float(tiny_busi_run: Path
 
     run = tmp_path / "run"
     culprit = plant_outlier_channel(tiny_busi_run, run, layer=2, factor=300.0)
-    common = dict(run_dir=run, int8="dynamic", max_validation_images=32, allow_degraded=True)
+    common = dict(run_dir=run, int8=True, max_validation_images=32, allow_degraded=True)
     full = int8_entry(export(ExportConfig(output=tmp_path / "full", int8_guard_search=False, **common)))
     full_error = full["validation"]["max_abs_logit_diff"]
     tight = {"int8-dynamic": Tolerance(max_abs_logit=0.5 * full_error, min_agreement=0.0)}

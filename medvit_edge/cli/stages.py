@@ -117,29 +117,7 @@ def _config_choice(flag: str, field: str, alias: Any, help_text: str) -> Any:
     )
 
 
-class _ExportCommand(click.Command):
-    """Keeps the old spelling ``--int8 static`` working now that ``--int8`` is a flag (as an
-    optional-value option it swallowed RUN_DIR in ``export --int8 RUN_DIR``)."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        rewritten: list[str] = []
-        tokens = iter(args)
-        for token in tokens:
-            mode = token.partition("=")[2] if token.startswith("--int8=") else None
-            if token == "--int8":
-                following = next(tokens, None)
-                is_mode = following in choices(Int8Mode) and not Path(following or "").exists()
-                rewritten += ["--int8", "--int8-mode", following] if is_mode else ["--int8"]
-                if following is not None and not is_mode:
-                    rewritten.append(following)
-            elif mode is not None:
-                rewritten += ["--int8", "--int8-mode", mode]
-            else:
-                rewritten.append(token)
-        return super().parse_args(ctx, rewritten)
-
-
-@click.command(cls=_ExportCommand)
+@click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--output", type=click.Path(path_type=Path), help="Where the ONNX files go. [default: RUN_DIR/onnx]"

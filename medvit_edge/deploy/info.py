@@ -33,7 +33,7 @@ from medvit_edge.runtime.policy import DecisionPolicy
 logger = logging.getLogger(__name__)
 
 # ModelProto field numbers (onnx.proto): the small top-level fields read here.
-_IR_VERSION, _PRODUCER, _PRODUCER_VERSION, _DOMAIN, _MODEL_VERSION, _DOC, _OPSET = 1, 2, 3, 4, 5, 6, 8
+_IR_VERSION, _PRODUCER_VERSION, _MODEL_VERSION, _DOC, _OPSET = 1, 3, 5, 6, 8
 
 
 def model_info(path: Path) -> dict[str, Any]:

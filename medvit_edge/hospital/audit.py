@@ -38,19 +38,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import socket
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from medvit_edge.errors import UserError
 from medvit_edge.inference.rows import PredictionRow
+from medvit_edge.system import software_versions
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +81,6 @@ class ModelIdentity:
         return cls(name, version_text, classifier.sha256, classifier.variant)
 
 
-def software_versions() -> dict[str, str]:
-    """Installed versions of the packages that shape a prediction, and Python's."""
-    found = {"python": platform.python_version()}
-    for name in SOFTWARE:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -122,7 +110,7 @@ def prediction_record(
     }
 
 
-_SOFTWARE = software_versions()
+_SOFTWARE = software_versions(SOFTWARE)
 _HOST = socket.gethostname()
 
 

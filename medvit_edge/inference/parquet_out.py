@@ -27,18 +27,17 @@ from medvit_edge.errors import UserError
 from medvit_edge.files import atomic_writer
 from medvit_edge.inference.output import json_record
 from medvit_edge.inference.rows import PredictionRow
+from medvit_edge.lazy import import_optional
 
 SUCCESS_MARKER = "_SUCCESS"
 ROWS_PER_PART = 100_000
 
 
 def _pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet  # the submodule is what writes
-    except ImportError as exc:
-        raise UserError("Parquet output needs pyarrow: pip install 'medvit-edge[ray]'") from exc
-    return pyarrow
+    # the parquet submodule is what writes
+    return import_optional(
+        "pyarrow", "pyarrow.parquet", hint="Parquet output needs pyarrow: pip install 'medvit-edge[ray]'"
+    )
 
 
 def schema(labels: list[str]) -> Any:

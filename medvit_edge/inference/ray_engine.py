@@ -55,6 +55,7 @@ from medvit_edge.inference.engine import classify_files, resolve_model_path
 from medvit_edge.inference.parquet_out import PartitionedParquet, check_folder_target, write_parquet
 from medvit_edge.inference.rows import PredictionRow
 from medvit_edge.io.inputs import InputFile, collect_inputs
+from medvit_edge.lazy import import_optional
 from medvit_edge.progress import Progress
 from medvit_edge.runtime.classifier import Classifier
 
@@ -153,11 +154,7 @@ def _ray_session(address: str | None) -> Iterator[Any]:
     """Ray, connected: reuses a running session (a notebook, a test), else starts a local one
     (``address=None``) or joins a cluster; stops only what it started. Ray Data keeps rows in
     order and its own progress bars off (the driver draws one line for the files)."""
-    try:
-        import ray
-        import ray.data
-    except ImportError as exc:
-        raise UserError("--engine ray needs Ray: pip install 'medvit-edge[ray]'") from exc
+    ray = import_optional("ray", "ray.data", hint="--engine ray needs Ray: pip install 'medvit-edge[ray]'")
     started = not ray.is_initialized()
     if started:
         try:

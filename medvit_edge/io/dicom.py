@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medvit_edge.lazy import import_optional
 from medvit_edge.runtime.images import ImageDecodeError, refuse_constant
 
 DICOM_HINT = "DICOM input needs pydicom: pip install 'medvit-edge[dicom]'"
@@ -109,10 +110,7 @@ def read_dicom(path: str | os.PathLike[str], check_constant: bool = True) -> Dic
 
 
 def _require_pydicom(path: object) -> None:
-    try:
-        import pydicom  # noqa: F401
-    except ImportError as exc:
-        raise ImageDecodeError(f"{path}: {DICOM_HINT}") from exc
+    import_optional("pydicom", hint=f"{path}: {DICOM_HINT}", error=ImageDecodeError)
 
 
 def _decode_frames(

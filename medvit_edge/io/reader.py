@@ -99,11 +99,6 @@ def read_file(path: str | os.PathLike[str], check_constant: bool = True) -> Deco
     return DecodedFile([load_image(path)])
 
 
-def read_frames(path: str | os.PathLike[str]) -> list[Image.Image]:
-    """Every frame of a file as RGB images (a constant frame refused)."""
-    return read_file(path).frames
-
-
 def ids_of_error(error: BaseException) -> DicomIds:
     """The identifiers of the DICOM file an error is about, when its header could be read."""
     return DicomIds.from_header(error.header) if isinstance(error, DicomDecodeError) else NO_IDS

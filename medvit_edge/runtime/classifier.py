@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from medvit_edge.errors import ModelLoadError
+from medvit_edge.lazy import import_optional
 from medvit_edge.runtime.images import ImageDecodeError, as_rgb_image
 from medvit_edge.runtime.int8_target import warn_if_outside_target
 from medvit_edge.runtime.integrity import check_unchanged, hash_model_file, verify_checksum
@@ -64,11 +65,7 @@ class NonFiniteOutputError(ValueError):
 
 
 def import_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ModelLoadError(INSTALL_HINT) from exc
-    return onnxruntime
+    return import_optional("onnxruntime", hint=INSTALL_HINT, error=ModelLoadError)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from medvit_edge.errors import ModelLoadError
+from medvit_edge.lazy import import_optional
 from medvit_edge.runtime.integrity import check_unchanged, hash_model_file, verify_checksum
 from medvit_edge.runtime.manifest import CompanionFile, manifest_entry
 
@@ -55,11 +56,7 @@ _TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "u8": "tensor(uint8)
 
 
 def import_openvino() -> Any:
-    try:
-        import openvino
-    except ImportError as exc:
-        raise ModelLoadError(INSTALL_HINT) from exc
-    return openvino
+    return import_optional("openvino", hint=INSTALL_HINT, error=ModelLoadError)
 
 
 def backend_installed(path: Path) -> bool:
