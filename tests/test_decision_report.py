@@ -11,7 +11,6 @@ from medvit_edge.evaluation.decision_report import evaluate_policy, proportion, 
 from medvit_edge.evaluation.metrics import (
     auc_one_vs_rest,
     bootstrap_auc_and_balanced_accuracy,
-    bootstrap_ci,
     classification_metrics,
     risk_coverage,
     roc_curve,
@@ -35,20 +34,27 @@ def _logits(rng: np.random.Generator, n: int = 240) -> tuple[np.ndarray, np.ndar
     return truth, logits.astype(np.float32)
 
 
+def _bootstrap_accuracy(truth: np.ndarray, predicted: np.ndarray, samples: int) -> list[float]:
+    """The percentile bootstrap of accuracy that Wilson replaced in the reports."""
+    draws = np.random.default_rng(0).integers(0, len(truth), size=(samples, len(truth)))
+    accuracy = (truth == predicted)[draws].mean(axis=1)
+    return [float(np.percentile(accuracy, 2.5)), float(np.percentile(accuracy, 97.5))]
+
+
 def test_wilson_stays_honest_where_the_bootstrap_collapses() -> None:
     truth = np.zeros(120, dtype=int)
-    boot = bootstrap_ci(truth, truth, 3, samples=500)["accuracy"]
+    boot = _bootstrap_accuracy(truth, truth, samples=500)
     assert boot == [1.0, 1.0]  # the issue's "1.000 (1.000–1.000)"
     low, high = wilson_interval(120, 120)
     assert 0.96 < low < 1.0 and high == 1.0
     low0, high0 = wilson_interval(0, 120)
     assert low0 == 0.0 and 0.0 < high0 < 0.04
-    wrong = bootstrap_ci(truth, np.ones(120, dtype=int), 3, samples=500)["accuracy"]
+    wrong = _bootstrap_accuracy(truth, np.ones(120, dtype=int), samples=500)
     assert wrong == [0.0, 0.0]
     # away from the edges the two agree roughly
     rng = np.random.default_rng(0)
     predicted = np.where(rng.random(120) < 0.8, truth, 1)
-    boot_mid = bootstrap_ci(truth, predicted, 3, samples=2000)["accuracy"]
+    boot_mid = _bootstrap_accuracy(truth, predicted, samples=2000)
     wilson_mid = wilson_interval(int((predicted == truth).sum()), 120)
     assert wilson_mid == pytest.approx(boot_mid, abs=0.03)
     assert proportion(120, 120).low == low and proportion(120, 120).method == "wilson"

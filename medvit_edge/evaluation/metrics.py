@@ -99,36 +99,6 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def bootstrap_ci(
-    y_true: Sequence[int],
-    y_pred: Sequence[int],
-    num_classes: int,
-    samples: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> dict[str, Any]:
-    """Percentile bootstrap intervals for accuracy and each class's recall (resampling images)."""
-    y, p = np.asarray(y_true), np.asarray(y_pred)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(y), size=(samples, len(y)))
-    correct = (y == p)[draws]
-    accuracy = correct.mean(axis=1)
-    recalls = []
-    for k in range(num_classes):
-        in_class = (y == k)[draws]
-        hits = (correct & in_class).sum(axis=1)
-        totals = in_class.sum(axis=1)
-        recalls.append(hits[totals > 0] / totals[totals > 0])
-    low, high = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-
-    def interval(values: np.ndarray) -> list[float] | None:
-        return (
-            [float(np.percentile(values, low)), float(np.percentile(values, high))] if len(values) else None
-        )
-
-    return {"accuracy": interval(accuracy), "recall": [interval(r) for r in recalls], "level": level}
-
-
 def calibration(probabilities: np.ndarray, y_true: Sequence[int], bins: int = 10) -> dict[str, Any]:
     """Expected calibration error of the top-1 confidence, and the reliability-diagram bins."""
     y = np.asarray(y_true)
