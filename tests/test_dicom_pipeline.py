@@ -147,7 +147,7 @@ def test_dicom_out_writes_srs_that_reference_their_source(
         pydicom.dcmread(scans / n, stop_before_pixels=True).SOPInstanceUID: n
         for n in ("still.dcm", "IM000002")
     }
-    rows = {(Path(r["path"]).name, r["frame"]): r for r in summary.rows}
+    rows = {(Path(r.path).name, r.frame): r for r in summary.rows}
     for path in summary.reports:
         sr = hd.sr.srread(path)
         assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
@@ -172,8 +172,8 @@ def test_dicom_out_writes_srs_that_reference_their_source(
             for label in summary.labels:
                 assert values[f"Probability of {label}"] == pytest.approx(row[label], abs=1e-6)
             predicted, decision = group.get_qualitative_evaluations()  # decision: the model's policy
-            assert predicted.value.meaning == row["label"]
-            assert decision.name.meaning == "Decision" and decision.value.meaning == row["decision"]
+            assert predicted.value.meaning == row.label
+            assert decision.name.meaning == "Decision" and decision.value.meaning == row.decision
         texts = _texts(sr.ContentSequence)
         assert f"model_sha256={rows[(sources[sop], 0)]['model_sha256']}" in texts
         assert (
@@ -189,11 +189,9 @@ def test_dicom_out_writes_srs_that_reference_their_source(
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     assert len(lines) == len(summary.rows)  # one line per row, error rows included
     for line, row in zip(lines, summary.rows):
-        assert (
-            line["input"] == row["path"] and line["sop_uid"] == row["sop_uid"] and line["source"] == "infer"
-        )
-        assert line["model_sha256"] == row["model_sha256"] and line["label"] == row["label"]
-        assert line["input_sha256"] == hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest()
+        assert line["input"] == row.path and line["sop_uid"] == row.ids.sop_uid and line["source"] == "infer"
+        assert line["model_sha256"] == row.model_sha256 and line["label"] == row.label
+        assert line["input_sha256"] == hashlib.sha256(Path(row.path).read_bytes()).hexdigest()
         assert line["time"].endswith("Z") and line["host"] and line["software"]["medvit-edge"]
 
 

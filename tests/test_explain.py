@@ -27,6 +27,7 @@ from medvit_edge.inference.explain import (
     seen_box,
 )
 from medvit_edge.inference.overlays import overlay_caption, overlay_names, safe_stem
+from medvit_edge.inference.rows import PredictionRow
 from medvit_edge.runtime.classifier import Classifier
 from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess_batch
 
@@ -231,9 +232,11 @@ def test_overlay_names_are_safe_unique_and_keep_the_folder(tmp_path: Path) -> No
 
 
 def test_caption_shows_label_probability_and_decision() -> None:
-    row = {"path": "/s/a.png", "frame": 0, "label": "malignant", "malignant": 0.62, "variant": "int8-dynamic"}
+    row = PredictionRow(
+        "/s/a.png", 0, "malignant", probabilities={"benign": 0.38, "malignant": 0.62}, variant="int8-dynamic"
+    )
     assert overlay_caption(row, ["benign", "malignant"], False)[0] == "malignant p=0.62 | decision: malignant"
-    row["decision"] = "refer"
+    row.decision = "refer"
     lines = overlay_caption(row, ["benign", "malignant"], False)
     assert (
         lines[0] == "malignant p=0.62 | decision: refer"
@@ -262,10 +265,10 @@ def test_infer_writes_one_overlay_per_image_and_none_for_a_corrupt_one(
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(p.stem + ".overlay.png" for p in _test_images(phantom_dir, 3))
     for row in summary.rows:
-        if row["error"]:
+        if row.error:
             continue
-        picture = Image.open(out / (Path(row["path"]).stem + ".overlay.png"))
-        frame = Image.open(row["path"])
+        picture = Image.open(out / (Path(row.path).stem + ".overlay.png"))
+        frame = Image.open(row.path)
         assert picture.format == "PNG" and picture.width >= frame.width and picture.height > frame.height
     assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before  # inputs untouched
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left

@@ -323,11 +323,11 @@ def test_recursive_glob_walks_a_symlink_cycle_once(tmp_path: Path) -> None:
     Image.fromarray(_texture()).save(folder / "sub" / "a.png")
     (folder / "sub" / "loop").symlink_to(folder)
     found = _run_with_deadline([str(folder / "**" / "*.png")])
-    assert [item.path for item in found] == [folder / "sub" / "a.png"]
+    assert [item.path for item in found.files] == [folder / "sub" / "a.png"]
     (folder / "self1").symlink_to(".")
     (folder / "self2").symlink_to(".")
     found = _run_with_deadline([str(folder / "**" / "*.png"), str(folder)])
-    assert [item.path for item in found] == [folder / "sub" / "a.png"]
+    assert [item.path for item in found.files] == [folder / "sub" / "a.png"]
     walked_again = {s.path.name for s in found.skipped if s.reason == "folder walked already"}
     assert walked_again == {"loop", "self1", "self2"}
 
@@ -340,7 +340,7 @@ def test_one_file_is_listed_once_however_it_is_named(tmp_path: Path) -> None:
     specs = [str(folder / "x.png"), str(folder), str(folder / "*.png"), str(tmp_path / "link.png")]
     specs.append(f"{tmp_path}/./scans/x.png")
     found = collect_inputs(specs)
-    assert [item.path for item in found] == [folder / "x.png"]
+    assert [item.path for item in found.files] == [folder / "x.png"]
     assert [s.reason for s in found.skipped] == ["duplicate"] * 4
     assert all("same file as" in s.detail for s in found.skipped)
 
@@ -359,7 +359,7 @@ def test_dicom_without_extension_and_busi_mask_names(tmp_path: Path) -> None:
     (folder / "notes.txt").write_text("not an image")
     (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     found = collect_inputs([str(folder)])
-    assert [item.path.name for item in found] == [
+    assert [item.path.name for item in found.files] == [
         "1.2.840.113619.2.55.3",
         "IM000001",
         "patient02_mask_off.png",
@@ -386,8 +386,8 @@ def test_unreadable_folders_and_overlong_paths_are_error_rows(
         found = collect_inputs([str(tmp_path / "scans"), "x" * 5000])
     finally:
         locked.chmod(0o755)
-    errors = {item.path: item.error for item in found if item.error}
-    assert [item.path.name for item in found if not item.error] == ["ok.png"]
+    errors = {item.path: item.error for item in found.files if item.error}
+    assert [item.path.name for item in found.files if not item.error] == ["ok.png"]
     assert errors[locked] == f"{locked}: cannot read folder (permission denied)"
     (too_long,) = [path for path in errors if str(path).startswith(str(deep))]
     assert len(os.fsencode(too_long)) >= 4096 and "path longer than the system allows" in errors[too_long]
@@ -406,8 +406,8 @@ def test_every_suffix_named_is_a_row(tmp_path: Path) -> None:
         image.save(folder / "c.avif")
     (folder / "d.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(64))
     found = collect_inputs([str(folder)])
-    assert [item.path.name for item in found] == sorted(p.name for p in folder.iterdir())
-    for item in found:
+    assert [item.path.name for item in found.files] == sorted(p.name for p in folder.iterdir())
+    for item in found.files:
         if item.path.suffix == ".heic" and ".heic" not in Image.registered_extensions():
             with pytest.raises(ImageDecodeError, match=r"d\.heic: not a readable image file \(this Pillow"):
                 load_image(item.path)
@@ -421,7 +421,7 @@ def test_an_empty_input_set_is_detectable(tmp_path: Path) -> None:
     Image.fromarray(_texture()).save(folder / "x_mask.png")
     (folder / "readme.md").write_text("#")
     found = collect_inputs([str(folder)])
-    assert len(found) == 0
+    assert found.files == []
     assert found.describe_skipped() == "2 skipped: 1 BUSI mask, 1 not an image"
     assert [str(item) for item in found.skipped] == [
         f"{folder / 'readme.md'}: not an image",
@@ -547,19 +547,19 @@ def test_hostile_corpus_end_to_end(
         (folder / "locked").chmod(0o755)
     rows: dict[str, list[dict]] = {}
     for row in summary.rows:
-        rows.setdefault(_probe_name(Path(row["path"]), folder), []).append(row)
+        rows.setdefault(_probe_name(Path(row.path), folder), []).append(row)
     skipped = {_probe_name(s.path, folder): s.reason for s in found.skipped}
     for name, outcome in cases.items():
         kind, _, words = outcome.partition(": ")
-        errors_here = [r["error"] for r in rows.get(name, []) if r["error"]]
+        errors_here = [r.error for r in rows.get(name, []) if r.error]
         if kind == "predict":
-            assert errors_here == [] and all(r["label"] for r in rows[name]), (name, errors_here)
+            assert errors_here == [] and all(r.label for r in rows[name]), (name, errors_here)
         elif kind == "error":
             assert len(rows[name]) == 1 and rows[name][0]["label"] == "", name
             assert words in errors_here[0] and name in errors_here[0], (name, errors_here)
         elif kind == "partial":
             assert len(errors_here) == 1 and words in errors_here[0] and name in errors_here[0], errors_here
-            assert sum(bool(r["label"]) for r in rows[name]) == len(rows[name]) - 1
+            assert sum(bool(r.label) for r in rows[name]) == len(rows[name]) - 1
         else:
             assert skipped.get(name) == words and name not in rows, (name, skipped.get(name))
     assert set(rows) == {n for n, o in cases.items() if not o.startswith("skip")}

@@ -153,15 +153,17 @@ def test_dicom_inputs(tiny_export: Path, images: list, tmp_path: Path) -> None:
     summary = infer(InferConfig(model=tiny_export / "model.onnx", inputs=[str(folder)], progress=False))
     rows: dict[str, list] = {}
     for row in summary.rows:
-        rows.setdefault(Path(row["path"]).name, []).append(row)
-    assert [r["frame"] for r in rows["cine.dcm"]] == [0, 1, 2]
+        rows.setdefault(Path(row.path).name, []).append(row)
+    assert [r.frame for r in rows["cine.dcm"]] == [0, 1, 2]
     assert len(rows["examples_ybr_color.dcm"]) == 30
     png = infer(InferConfig(model=tiny_export / "model.onnx", inputs=[str(p) for p in pngs], progress=False))
     for k in range(3):
-        assert rows["cine.dcm"][k]["label"] == png.rows[k]["label"]
-        assert rows["cine.dcm"][k]["benign"] == pytest.approx(png.rows[k]["benign"], abs=1e-6)
-    assert rows["rgb.dcm"][0]["benign"] == pytest.approx(png.rows[0]["benign"], abs=1e-6)
-    assert rows["ybr.dcm"][0]["benign"] == pytest.approx(png.rows[0]["benign"], abs=0.02)  # YBR rounding
+        assert rows["cine.dcm"][k].label == png.rows[k].label
+        benign = png.rows[k].probabilities["benign"]
+        assert rows["cine.dcm"][k].probabilities["benign"] == pytest.approx(benign, abs=1e-6)
+    benign = png.rows[0].probabilities["benign"]
+    assert rows["rgb.dcm"][0].probabilities["benign"] == pytest.approx(benign, abs=1e-6)
+    assert rows["ybr.dcm"][0].probabilities["benign"] == pytest.approx(benign, abs=0.02)  # YBR rounding
     for name in ("mono.dcm", "examples_rgb_color.dcm", "examples_palette.dcm", "MR_small.dcm"):
         assert rows[name][0]["error"] == "" and rows[name][0]["label"], name
     assert "no pixel data" in rows["no_pixels.dcm"][0]["error"]

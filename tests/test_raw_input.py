@@ -247,8 +247,8 @@ def test_infer_and_evaluate_accept_raw_files(raw_export: Path, phantom_dir: Path
     raw = infer(InferConfig(model=raw_export / "model.raw.onnx", inputs=[str(folder)], progress=False))
     numpy_path = infer(InferConfig(model=raw_export / "model.onnx", inputs=[str(folder)], progress=False))
     assert raw.failed_files == 0 and raw.files == numpy_path.files > 0
-    assert [r["label"] for r in raw.rows] == [r["label"] for r in numpy_path.rows]
-    assert {r["variant"] for r in raw.rows} == {"fp32-raw"}
+    assert [r.label for r in raw.rows] == [r.label for r in numpy_path.rows]
+    assert {r.variant for r in raw.rows} == {"fp32-raw"}
     report = evaluate(
         EvaluateConfig(
             run_dir=raw_export.parent,
@@ -286,7 +286,7 @@ def test_an_aspect_ratio_the_graph_cannot_hold_is_one_error_row(
         and "sliver.png" in summary.errors[0]
         and "aspect ratio" in summary.errors[0]
     )
-    assert summary.rows[1]["label"]
+    assert summary.rows[1].label
 
 
 def test_a_raw_marker_on_a_float_graph_is_refused(raw_export: Path, tmp_path: Path) -> None:

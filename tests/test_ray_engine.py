@@ -96,8 +96,8 @@ def test_ray_equals_plain_infer_row_for_row(
         assert getattr(summary, field) == getattr(plain, field), field
     assert summary.exit_code == plain.exit_code == 1
     if _has_pydicom():  # the blank frame is that frame's error row; the others are classified
-        cine = [row for row in summary.rows if row["path"].endswith("cine.dcm")]
-        assert [bool(row["error"]) for row in cine] == [False, True, False]
+        cine = [row for row in summary.rows if row.path.endswith("cine.dcm")]
+        assert [bool(row.error) for row in cine] == [False, True, False]
 
 
 def test_parquet_file_holds_the_jsonl_values(

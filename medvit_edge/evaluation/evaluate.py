@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +253,15 @@ def _load_images(
     if not kept:
         raise UserError(f"{source}: no readable labelled images (split {cfg.split!r})")
     frames = [np.asarray(image) for image in decoded] if raw else []
-    return kept, preprocess_batch(decoded, spec), skipped, frames
+    return _keys_under_data_root(kept), preprocess_batch(decoded, spec), skipped, frames
+
+
+def _keys_under_data_root(images: list[LabelledImage]) -> list[LabelledImage]:
+    """Reports name images relative to the folder that holds them all (a run's split CSV lists
+    absolute paths): a report shared or committed carries no machine's folders."""
+    paths = [os.path.abspath(image.path) for image in images]
+    root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    return [replace(image, key=os.path.relpath(path, root)) for image, path in zip(images, paths)]
 
 
 def _row(

@@ -233,7 +233,8 @@ def infer(cfg: InferConfig, classifier: Classifier | None = None) -> InferSummar
     ``OutputWriteError`` (carrying the summary) when the output cannot be written at the end."""
     check_arguments(cfg)
     truth_csv = read_labels_csv(cfg.labels_csv) if cfg.labels_csv is not None else None
-    items = collect_inputs(cfg.inputs)
+    found = collect_inputs(cfg.inputs)
+    items = found.files
     if cfg.output is not None:
         # an input that already failed (a path too long to inspect, a missing file) is nothing
         # the output could overwrite
@@ -262,7 +263,7 @@ def infer(cfg: InferConfig, classifier: Classifier | None = None) -> InferSummar
         metrics=ground_truth_metrics(rows, truth, classifier.labels),
         errors=list(failed.values()),
         inputs=list(cfg.inputs),
-        skipped=items.describe_skipped() if items.skipped else "",
+        skipped=found.describe_skipped() if found.skipped else "",
     )
     if cfg.output is not None:
         write_output(cfg.output, summary)

@@ -100,7 +100,8 @@ def infer_on_ray(
     (the summary keeps every row)."""
     _check_ray_arguments(cfg, workers, files_per_task)
     truth_csv = read_labels_csv(cfg.labels_csv) if cfg.labels_csv is not None else None
-    items = collect_inputs(cfg.inputs)
+    found = collect_inputs(cfg.inputs)
+    items = found.files
     folder = _check_target(cfg, items)
     model_path = resolve_model_path(cfg.model, cfg.device)
     # the driver checks the model once (checksum, metadata, graph) before any worker starts
@@ -113,7 +114,7 @@ def infer_on_ray(
     summary = InferSummary(
         rows=[], labels=labels, files=len(items), failed_files=0, predictions=0, inputs=list(cfg.inputs)
     )
-    summary.skipped = items.describe_skipped() if items.skipped else ""
+    summary.skipped = found.describe_skipped() if found.skipped else ""
     collect = _collect_into_folder if folder else _collect
     if not items:  # nothing to classify (exit 1, as plain infer): no cluster needed
         collect(iter(()), summary, cfg, truth, 0)

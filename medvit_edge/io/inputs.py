@@ -34,7 +34,7 @@ do not match hidden names unless the pattern part starts with ``.``. A folder a 
 walked like a folder; matches are sorted by path.
 
 An **empty** input set (no ``InputFile`` at all: every file was skipped, or the folders were
-empty) is ``len(found) == 0``; ``found.describe_skipped()`` says what was passed over.
+empty) is ``not found.files``; ``found.describe_skipped()`` says what was passed over.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import os
 import stat
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medvit_edge.runtime.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_mask_file
@@ -79,12 +79,12 @@ class SkippedInput:
         return f"{self.path}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
 
 
-class InputList(list[InputFile]):
-    """The inputs in order, plus ``skipped``: what was passed over, and why."""
+@dataclass
+class InputList:
+    """The inputs in order (``files``), and what was passed over with the reason (``skipped``)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.skipped: list[SkippedInput] = []
+    files: list[InputFile] = field(default_factory=list)
+    skipped: list[SkippedInput] = field(default_factory=list)
 
     def skipped_counts(self) -> dict[str, int]:
         return dict(Counter(item.reason for item in self.skipped))
@@ -162,7 +162,7 @@ class _Collector:
                 )
             return
         self._seen[key] = item.path
-        self.found.append(item)
+        self.found.files.append(item)
 
 
 def _expand_spec(spec: str, walked: dict[object, Path]) -> Iterator[InputFile | SkippedInput]:
