@@ -555,7 +555,7 @@ def test_hostile_corpus_end_to_end(
         if kind == "predict":
             assert errors_here == [] and all(r.label for r in rows[name]), (name, errors_here)
         elif kind == "error":
-            assert len(rows[name]) == 1 and rows[name][0]["label"] == "", name
+            assert len(rows[name]) == 1 and rows[name][0].label == "", name
             assert words in errors_here[0] and name in errors_here[0], (name, errors_here)
         elif kind == "partial":
             assert len(errors_here) == 1 and words in errors_here[0] and name in errors_here[0], errors_here

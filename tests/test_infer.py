@@ -165,10 +165,10 @@ def test_dicom_inputs(tiny_export: Path, images: list, tmp_path: Path) -> None:
     assert rows["rgb.dcm"][0].probabilities["benign"] == pytest.approx(benign, abs=1e-6)
     assert rows["ybr.dcm"][0].probabilities["benign"] == pytest.approx(benign, abs=0.02)  # YBR rounding
     for name in ("mono.dcm", "examples_rgb_color.dcm", "examples_palette.dcm", "MR_small.dcm"):
-        assert rows[name][0]["error"] == "" and rows[name][0]["label"], name
-    assert "no pixel data" in rows["no_pixels.dcm"][0]["error"]
-    assert "transfer syntax" in rows["jpegext.dcm"][0]["error"]
-    assert "JPEG Extended" in rows["jpegext.dcm"][0]["error"]
+        assert rows[name][0].error == "" and rows[name][0].label, name
+    assert "no pixel data" in rows["no_pixels.dcm"][0].error
+    assert "transfer syntax" in rows["jpegext.dcm"][0].error
+    assert "JPEG Extended" in rows["jpegext.dcm"][0].error
     assert summary.failed_files == 2
 
 
