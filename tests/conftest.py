@@ -107,3 +107,14 @@ def tiny_export(tiny_run: Path) -> Path:
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+# Tests that need a trained model (directly or through another fixture) are the slow ones: the
+# edit-test loop runs the rest with ``pytest -m "not slow"`` (``make test-fast``).
+TRAINED = {"tiny_run", "tiny_export", "tiny_busi_run", "tiny_busi_export"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINED & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

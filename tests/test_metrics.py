@@ -7,7 +7,6 @@ import pytest
 
 from medvit_edge.evaluation.metrics import (
     auc_one_vs_rest,
-    bootstrap_ci,
     calibration,
     classification_metrics,
 )
@@ -53,20 +52,6 @@ def test_specificity_is_true_negative_rate(rng: np.random.Generator) -> None:
     for k, label in enumerate(LABELS):
         negatives = truth != k
         assert ours["per_class"][label]["specificity"] == pytest.approx((predicted[negatives] != k).mean())
-
-
-def test_bootstrap_interval_contains_estimate_and_narrows(rng: np.random.Generator) -> None:
-    widths = []
-    for n in (60, 600):
-        truth, predicted, _ = _predictions(rng, n)
-        point = (truth == predicted).mean()
-        ci = bootstrap_ci(truth, predicted, 3, samples=800, seed=1)
-        assert ci["accuracy"][0] <= point <= ci["accuracy"][1]
-        for k in range(3):
-            recall = ((predicted == k) & (truth == k)).sum() / (truth == k).sum()
-            assert ci["recall"][k][0] <= recall <= ci["recall"][k][1]
-        widths.append(ci["accuracy"][1] - ci["accuracy"][0])
-    assert widths[1] < widths[0] / 2
 
 
 def test_calibration_error_is_zero_when_confidence_equals_accuracy() -> None:

@@ -251,18 +251,19 @@ def area_under_risk_coverage(
     return float((curve["risk"] * sizes).sum() / max(int(sizes.sum()), 1))
 
 
-def decision_disagreements(
+def disagreements(
     keys: list[str],
     truth_labels: list[str],
-    decisions: dict[str, list[str]],
+    chosen: dict[str, list[str]],
     probabilities: dict[str, np.ndarray],
     reference: str,
+    what: str = "decision",
 ) -> list[dict[str, Any]]:
-    """Images where a variant's decision differs from the reference's, with both calibrated
-    probability vectors (like the label-disagreement list)."""
+    """Images where a variant's ``what`` (its label, or its policy's decision) differs from the
+    reference's, with both calibrated probability vectors."""
     found = []
-    ref = decisions[reference]
-    for name, made in decisions.items():
+    ref = chosen[reference]
+    for name, made in chosen.items():
         for i, (mine, theirs) in enumerate(zip(made, ref)):
             if mine != theirs:
                 found.append(
@@ -270,8 +271,8 @@ def decision_disagreements(
                         "variant": name,
                         "image": keys[i],
                         "truth": truth_labels[i],
-                        "reference_decision": theirs,
-                        "variant_decision": mine,
+                        f"reference_{what}": theirs,
+                        f"variant_{what}": mine,
                         "reference_probs": [round(float(p), 4) for p in probabilities[reference][i]],
                         "variant_probs": [round(float(p), 4) for p in probabilities[name][i]],
                     }

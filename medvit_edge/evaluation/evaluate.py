@@ -20,8 +20,8 @@ import numpy as np
 from medvit_edge.errors import UserError
 from medvit_edge.evaluation.decision_report import (
     VariantDecisions,
-    decision_disagreements,
     describe_policy,
+    disagreements,
     evaluate_policy,
     proportion,
 )
@@ -146,7 +146,7 @@ def _add_decisions(
     report.policy = describe_policy(policies[reference], reference)  # the variant it came from
     report.policy_mismatch = [name for name in names if policies[name] != policies[reference]]
     calibrated = {name: np.asarray(policies[name].probabilities(all_logits[name])) for name in names}
-    report.decision_disagreements = decision_disagreements(
+    report.decision_disagreements = disagreements(
         [i.key for i in images], [i.label for i in images], decided, calibrated, reference
     )
 
@@ -351,23 +351,10 @@ def _disagreements(
 ) -> list[dict[str, Any]]:
     """Images where a variant's label differs from the reference's, with both probabilities as
     the runtime reports them (each file's temperature)."""
-    ref_probs = policies[reference].probabilities(all_logits[reference])
-    found = []
-    for name, logits in all_logits.items():
-        probs = policies[name].probabilities(logits)
-        for i in np.nonzero(probs.argmax(1) != ref_probs.argmax(1))[0]:
-            found.append(
-                {
-                    "variant": name,
-                    "image": images[i].key,
-                    "truth": images[i].label,
-                    "reference_label": labels[int(ref_probs[i].argmax())],
-                    "variant_label": labels[int(probs[i].argmax())],
-                    "reference_probs": [round(float(p), 4) for p in ref_probs[i]],
-                    "variant_probs": [round(float(p), 4) for p in probs[i]],
-                }
-            )
-    return found
+    probabilities = {name: policies[name].probabilities(logits) for name, logits in all_logits.items()}
+    chosen = {name: [labels[int(i)] for i in p.argmax(axis=1)] for name, p in probabilities.items()}
+    keys, truth = [i.key for i in images], [i.label for i in images]
+    return disagreements(keys, truth, chosen, probabilities, reference, what="label")
 
 
 def _data_flags(images: list[LabelledImage]) -> dict[str, Any]:
