@@ -16,7 +16,16 @@ __path__ = pkgutil.extend_path(__path__, __name__)
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING
+
 from medvit_edge.lazy import lazy_getattr
+
+if TYPE_CHECKING:  # what type checkers and the API reference see; at run time _LAZY imports them
+    from medvit_edge.errors import ModelLoadError, UserError
+    from medvit_edge.metadata import ModelMetadata
+    from medvit_edge.preprocess import PreprocessSpec
+    from medvit_edge.runtime import Classifier, Prediction
+    from medvit_edge.variants import VARIANTS
 
 _LAZY = {
     "Classifier": "medvit_edge.runtime",
