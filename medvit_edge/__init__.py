@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING
 from medvit_edge.lazy import lazy_getattr
 
 if TYPE_CHECKING:  # what type checkers and the API reference see; at run time _LAZY imports them
-    from medvit_edge.errors import ModelLoadError, UserError
-    from medvit_edge.metadata import ModelMetadata
-    from medvit_edge.preprocess import PreprocessSpec
-    from medvit_edge.runtime import Classifier, Prediction
-    from medvit_edge.variants import VARIANTS
+    from medvit_edge.errors import ModelLoadError as ModelLoadError
+    from medvit_edge.errors import UserError as UserError
+    from medvit_edge.metadata import ModelMetadata as ModelMetadata
+    from medvit_edge.preprocess import PreprocessSpec as PreprocessSpec
+    from medvit_edge.runtime import Classifier as Classifier
+    from medvit_edge.runtime import Prediction as Prediction
+    from medvit_edge.variants import VARIANTS as VARIANTS
 
 _LAZY = {
     "Classifier": "medvit_edge.runtime",

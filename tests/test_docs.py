@@ -163,18 +163,30 @@ def check_pip_line(argv: list[str], where: str) -> None:
 
 
 def parse_only(args: list[str], where: str) -> None:
-    """Click parses the command line without running it: the command and its options exist."""
+    """Click's parser reads the command line without converting values or running anything: the
+    command and every option named exist (paths need not)."""
     import click
 
     from medvit_edge.cli import main
 
     try:
-        with main.make_context("medvit-edge", list(args), resilient_parsing=True) as ctx:
-            name, command, rest = main.resolve_command(ctx, ctx.protected_args + ctx.args)
-            assert command is not None, f"{where}: no command {name!r}"
-            command.make_context(name, rest, parent=ctx, resilient_parsing=True)
+        group = click.Context(main, info_name="medvit-edge")
+        _, rest, _ = main.make_parser(group).parse_args(list(args))
+        assert rest, f"{where}: `medvit-edge {shlex.join(args)}` names no command"
+        command = main.get_command(group, rest[0])
+        assert command is not None, f"{where}: `medvit-edge {shlex.join(args)}`: no command {rest[0]!r}"
+        ctx = click.Context(command, info_name=rest[0], parent=group)
+        command.make_parser(ctx).parse_args(list(rest[1:]))
     except click.UsageError as exc:
         pytest.fail(f"{where}: `medvit-edge {shlex.join(args)}`: {exc.format_message()}")
+
+
+def test_parse_only_refuses_what_does_not_exist() -> None:
+    parse_only(["infer", "models/x", "/archive", "--engine", "ray", "--address", "auto"], "ok")
+    wrong_lines = (["infer", "m", "x", "--no-such"], ["no-such-command", "x"], ["train", "--batch", "3"])
+    for wrong in wrong_lines:
+        with pytest.raises((pytest.fail.Exception, AssertionError)):
+            parse_only(wrong, "wrong")
 
 
 def _env() -> dict[str, str]:
@@ -269,9 +281,7 @@ PAGES = sorted({b.page for b in all_blocks()})
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
-def test_page_snippets_run(
-    page: str, tiny_export: Path, phantom_dir: Path, tmp_path: Path
-) -> None:
+def test_page_snippets_run(page: str, tiny_export: Path, phantom_dir: Path, tmp_path: Path) -> None:
     """Every snippet of the page, in order, in one folder holding the names the docs use."""
     blocks = [b for b in all_blocks() if b.page == page]
     dicom = any("dicom/" in b.code for b in blocks if b.not_run is None)
