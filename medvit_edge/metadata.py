@@ -61,6 +61,10 @@ class MetadataError(ValueError):
 
 @dataclass(frozen=True)
 class ModelMetadata:
+    """What an exported file says about itself (its ONNX custom metadata, or an OpenVINO IR's
+    runtime info): labels, preprocessing, variant, provenance, governance text and the decision
+    policy. ``Classifier.metadata`` holds the loaded file's; ``from_props`` checks every key."""
+
     labels: tuple[str, ...]
     preprocess: PreprocessSpec
     variant: str
@@ -76,7 +80,7 @@ class ModelMetadata:
     contraindications: str = ""
     notice: str = ""
     license: str = ""
-    # how probabilities become decisions (issue 15): the same in every variant of an export
+    # how probabilities become decisions: the same in every variant of an export
     policy: DecisionPolicy = field(default_factory=DecisionPolicy)
 
     def to_props(self) -> dict[str, str]:
