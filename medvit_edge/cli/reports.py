@@ -71,7 +71,8 @@ def evaluate(**values: Any) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(data: Path | None, output: Path, epochs: float, seed: int, quiet: bool) -> None:
     """Run the whole pipeline offline: phantom data -> tiny ViT -> fp32/fp16/int8 ONNX ->
-    infer on held-out images -> side-by-side table. About a minute on 2 CPU cores."""
+    infer on held-out images -> side-by-side table. About 4 minutes on 2 CPU cores, mostly
+    training."""
     require("train")
     require("export")
     from medvit_edge.demo import demo as run_demo

@@ -175,7 +175,8 @@ def _config_choice(flag: str, field: str, alias: Any, help_text: str) -> Any:
     "--openvino",
     is_flag=True,
     help="Also write OpenVINO IR variants: model.openvino.xml (fp32), and with --int8 "
-    "model.openvino-int8.xml (NNCF post-training int8); each with its .bin. Needs [openvino].",
+    "model.openvino-int8.xml (NNCF post-training int8); each with its .bin. Needs the [openvino] "
+    "extra; with --int8, the [openvino-export] extra (NNCF).",
 )
 @click.option(
     "--optimize/--no-optimize",

@@ -70,6 +70,15 @@ def import_onnxruntime() -> Any:
 
 @dataclass(frozen=True)
 class Prediction:
+    """One image's result, as ``Classifier.predict`` returns it.
+
+    Attributes:
+        label: The most probable class.
+        index: Its column in the model's outputs: ``Classifier.labels[index] == label``.
+        probabilities: One calibrated probability per label (the file's decision policy).
+        decision: What the file's decision policy decides: a label, or ``"refer"``.
+    """
+
     label: str  # the most probable class
     index: int
     probabilities: dict[str, float]  # calibrated (the file's decision policy)

@@ -58,6 +58,10 @@ RESEARCH_NOTICE = "Research use only. Not a medical device; not for diagnosis."
 
 @dataclass(frozen=True)
 class ModelMetadata:
+    """What an exported file says about itself (its ONNX custom metadata, or an OpenVINO IR's
+    runtime info): labels, preprocessing, variant, provenance, governance text and the decision
+    policy. ``Classifier.metadata`` holds the loaded file's; ``from_props`` checks every key."""
+
     labels: tuple[str, ...]
     preprocess: PreprocessSpec
     variant: str
