@@ -218,9 +218,9 @@ def test_overlay_names_are_safe_unique_and_keep_the_folder(tmp_path: Path) -> No
         InputFile(tmp_path / "sub" / "case 1.png"),  # no root: the name alone, which repeats
         InputFile(tmp_path / "cine.dcm"),
     ]
-    rows = [{"path": str(item.path), "frame": 0, "error": ""} for item in items]
-    rows.append({"path": str(tmp_path / "cine.dcm"), "frame": 1, "error": ""})
-    rows.append({"path": str(tmp_path / "bad.png"), "frame": "", "error": "unreadable"})
+    rows = [PredictionRow(str(item.path), 0) for item in items]
+    rows.append(PredictionRow(str(tmp_path / "cine.dcm"), 1))
+    rows.append(PredictionRow(str(tmp_path / "bad.png"), None, error="unreadable"))
     names = overlay_names(items, rows)
     assert names[(str(root / "benign" / "case (1).png"), 0)] == "benign__case_1.overlay.png"
     assert names[(str(root / "malignant" / "case 1.png"), 0)] == "malignant__case_1.overlay.png"
