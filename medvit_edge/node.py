@@ -121,7 +121,7 @@ class DicomNode:
         sender = None
         if self.destination is not None:
             tls = client_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
-            sender = _Sender(cfg.ae_title, self.destination, cfg.dimse_timeout, tls)
+            sender = _Sender(cfg.ae_title, self.destination, (cfg.acse_timeout, cfg.dimse_timeout), tls)
         self.delivery = Delivery(self.spool, sender, cfg.dicom_out, cfg.resend_interval, cfg.max_backoff)
         self._worker = threading.Thread(target=self._work, name="node-worker", daemon=True)
         self._server: Any = None

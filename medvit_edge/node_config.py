@@ -47,7 +47,7 @@ class NodeConfig:
     max_pdu: int = 65536
     max_associations: int = 8
     max_pending: int = 16  # connections without an association request yet
-    max_instance_mb: int = 512
+    max_instance_mb: int = 256
     resend_interval: float = 60.0  # the outbox is re-sent at least this often
     max_backoff: float = 60.0
     sop_classes: tuple[str, ...] = IMAGE_SOP_CLASSES

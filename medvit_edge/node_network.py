@@ -148,7 +148,31 @@ def start_server(
 ) -> Any:
     """Listen in a daemon thread; returns the server (``shutdown()`` stops it)."""
     from pynetdicom import evt
-    from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+    def _requested(event: Any) -> None:
+        sock = event.assoc.dul.socket
+        server.settled(sock.socket if sock is not None else None)
+        if sock is not None and sock.socket is not None:
+            # a peer that stops in the middle of a PDU must not hold the association forever
+            sock.socket.settimeout(limits.network_timeout)
+
+    def _reset(event: Any) -> None:
+        sock = event.assoc.dul.socket
+        if sock is not None:
+            sock.received = 0
+
+    bound = [*handlers, (evt.EVT_REQUESTED, _requested), (evt.EVT_DIMSE_RECV, _reset)]
+    bound += [(evt.EVT_CONN_CLOSE, lambda e: server.settled(getattr(e.assoc.dul.socket, "socket", None)))]
+    server_class = _server_class(limits, peers, tls)
+    server = ae.make_server((host, port), evt_handlers=bound, server_class=server_class)
+    thread = threading.Thread(target=server.serve_forever, name="node-listener", daemon=True)
+    thread.start()
+    ae._servers.append(server)
+    return server
+
+
+def _guarded_socket(limits: Limits) -> type:
+    from pynetdicom.transport import AssociationSocket
 
     class _Socket(AssociationSocket):  # type: ignore[misc]
         """Closes the connection on an over-long PDU or instance."""
@@ -168,10 +192,20 @@ def start_server(
                 raise OSError("limit exceeded")
             return super().recv(nr_bytes)  # type: ignore[no-any-return]
 
+    return _Socket
+
+
+def _server_class(limits: Limits, peers: tuple[Network, ...], tls: ssl.SSLContext | None) -> type:
+    """A threaded association server that checks peers, defers the TLS handshake to the
+    connection's thread and keeps at most ``max_pending`` idle connections."""
+    from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+    guarded = _guarded_socket(limits)
+
     class _Handler(RequestHandler):  # type: ignore[misc]
         def _create_association(self) -> Any:
             assoc = super()._create_association()
-            assoc.dul.socket.__class__ = _Socket  # same object: its events are already queued
+            assoc.dul.socket.__class__ = guarded  # same object: its events are already queued
             assoc.dul.socket.socket.settimeout(limits.acse_timeout)
             return assoc
 
@@ -204,24 +238,7 @@ def start_server(
             with self.pending_lock:
                 self.pending.pop(id(client), None)
 
-    def _requested(event: Any) -> None:
-        sock = event.assoc.dul.socket
-        server.settled(sock.socket if sock is not None else None)
-        if sock is not None and sock.socket is not None:
-            sock.socket.settimeout(None)  # from here pynetdicom's own timeouts apply
-
-    def _reset(event: Any) -> None:
-        sock = event.assoc.dul.socket
-        if sock is not None:
-            sock.received = 0
-
-    bound = [*handlers, (evt.EVT_REQUESTED, _requested), (evt.EVT_DIMSE_RECV, _reset)]
-    bound += [(evt.EVT_CONN_CLOSE, lambda e: server.settled(getattr(e.assoc.dul.socket, "socket", None)))]
-    server = ae.make_server((host, port), evt_handlers=bound, server_class=_Server)
-    thread = threading.Thread(target=server.serve_forever, name="node-listener", daemon=True)
-    thread.start()
-    ae._servers.append(server)
-    return server
+    return _Server
 
 
 def _close(sock: socket.socket) -> None:

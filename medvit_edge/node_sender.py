@@ -149,15 +149,22 @@ class Delivery:
 class _Sender:
     """C-STORE SCU to the destination: one association, re-opened when the peer closed it."""
 
-    def __init__(self, ae_title: str, destination: Destination, timeout: float, tls: ssl.SSLContext | None):
+    def __init__(
+        self,
+        ae_title: str,
+        destination: Destination,
+        timeouts: tuple[float, float],
+        tls: ssl.SSLContext | None,
+    ):
+        """``timeouts``: (connect and ACSE, DIMSE and network), in seconds."""
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom import AE
         from pynetdicom.sop_class import ComprehensiveSRStorage  # type: ignore[attr-defined]
 
         self.destination, self.tls = destination, tls
         self.ae = AE(ae_title=ae_title)
-        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout
-        self.ae.connection_timeout = timeout
+        self.ae.connection_timeout = self.ae.acse_timeout = timeouts[0]
+        self.ae.dimse_timeout = self.ae.network_timeout = timeouts[1]
         self.ae.add_requested_context(
             ComprehensiveSRStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         )
