@@ -166,8 +166,12 @@ class DicomNode:
         queued; one last delivery pass; close the audit log and release the spool."""
         if self._server is not None:
             self._server.shutdown()
+            self._server.close_pending()
             deadline = time.monotonic() + self.cfg.grace
-            while self._server.active_associations and time.monotonic() < deadline:
+            # only real associations get the grace period: an idle connection has nothing to finish
+            while time.monotonic() < deadline and any(
+                a.is_established for a in self._server.active_associations
+            ):
                 time.sleep(0.05)
             for association in self._server.active_associations:
                 association.abort()

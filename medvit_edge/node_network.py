@@ -238,6 +238,13 @@ def _server_class(limits: Limits, peers: tuple[Network, ...], tls: ssl.SSLContex
             with self.pending_lock:
                 self.pending.pop(id(client), None)
 
+        def close_pending(self) -> None:
+            """At shutdown: connections that never asked for an association wait for nothing."""
+            with self.pending_lock:
+                for client in self.pending.values():
+                    _close(client)
+                self.pending.clear()
+
     return _Server
 
 
