@@ -23,10 +23,10 @@ from medvit_edge.lazy import lazy_getattr
 if TYPE_CHECKING:  # what type checkers and the API reference see; at run time _LAZY imports them
     from medvit_edge.errors import ModelLoadError as ModelLoadError
     from medvit_edge.errors import UserError as UserError
-    from medvit_edge.runtime.metadata import ModelMetadata as ModelMetadata
-    from medvit_edge.runtime.preprocess import PreprocessSpec as PreprocessSpec
     from medvit_edge.runtime.classifier import Classifier as Classifier
     from medvit_edge.runtime.classifier import Prediction as Prediction
+    from medvit_edge.runtime.metadata import ModelMetadata as ModelMetadata
+    from medvit_edge.runtime.preprocess import PreprocessSpec as PreprocessSpec
     from medvit_edge.runtime.variants import VARIANTS as VARIANTS
 
 _LAZY = {

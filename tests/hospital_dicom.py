@@ -69,7 +69,10 @@ def clinical_dataset(frame: np.ndarray, study_uid: str, series_uid: str, number:
 
 def malformed(kind: str, template):
     """A copy of ``template`` broken one way: ``no-pixels``, ``short-pixels`` (pixel data of the
-    wrong length) or ``not-an-image`` (a Comprehensive SR, no pixels, Modality SR)."""
+    wrong length), ``not-an-image`` (a Comprehensive SR, no pixels, Modality SR),
+    ``wrong-modality`` (Modality MR) or ``hostile-attributes`` (an image that can be classified,
+    with a malformed PatientBirthDate and InstanceNumber, a 10 KB PatientName, control characters
+    in PatientID and a forged log line in StudyDescription)."""
     import copy
 
     from pydicom.uid import generate_uid
@@ -92,6 +95,27 @@ def malformed(kind: str, template):
             "PixelRepresentation",
         ):
             delattr(ds, keyword)
+    elif kind == "wrong-modality":
+        ds.Modality = "MR"
+    elif kind == "hostile-attributes":
+        raw_values = {
+            0x00100030: ("DA", b"31/12/1999"),
+            0x00200013: ("IS", b"ab"),
+            0x00100010: ("PN", b"A" * 10240),
+            0x00100020: ("LO", b"ID\x1b[31m\x07"),
+            0x00081030: ("LO", b"x\nINFO forged line"),
+        }
+        for tag, (vr, value) in raw_values.items():
+            ds[tag] = _raw(tag, vr, value)
     else:
         raise ValueError(kind)
     return ds
+
+
+def _raw(tag: int, vr: str, value: bytes):
+    """An element exactly as a careless sender encodes it (pydicom would refuse to make it)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    padded = value + (b" " if len(value) % 2 else b"")
+    return RawDataElement(Tag(tag), vr, len(padded), padded, 0, False, True)

@@ -170,12 +170,13 @@ def test_dicom_out_writes_srs_that_reference_their_source(
             row = rows[(sources[sop], index)]
             values = {m.name.meaning: m.value for m in group.get_measurements()}
             for label in summary.labels:
-                assert values[f"Probability of {label}"] == pytest.approx(row[label], abs=1e-6)
-            predicted, decision = group.get_qualitative_evaluations()  # decision: the model's policy
-            assert predicted.value.meaning == row.label
-            assert decision.name.meaning == "Decision" and decision.value.meaning == row.decision
+                assert values[f"Probability of {label}"] == pytest.approx(row.probabilities[label], abs=1e-6)
+            finding, most_probable = group.get_qualitative_evaluations()  # finding: the policy's decision
+            assert finding.name.meaning == "Finding" and finding.value.meaning == (row.decision or row.label)
+            assert most_probable.name.meaning == "Most probable class"
+            assert most_probable.value.meaning == row.label
         texts = _texts(sr.ContentSequence)
-        assert f"model_sha256={rows[(sources[sop], 0)]['model_sha256']}" in texts
+        assert f"model_sha256={rows[(sources[sop], 0)].model_sha256}" in texts
         assert (
             any("RESEARCH USE ONLY" in text for text in texts) and "RESEARCH USE ONLY" in sr.SeriesDescription
         )

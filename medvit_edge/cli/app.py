@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from medvit_edge.cli import benchmark, reports, run, stages
+from medvit_edge.cli import benchmark, reports, run, serve, stages
 from medvit_edge.errors import EXIT_UNUSABLE, UserError, printable
 
 
@@ -102,7 +102,7 @@ for command in (
     run.check,
     benchmark.benchmark,
     reports.demo,
-    reports.serve_dicom,
+    serve.serve_dicom,
 ):
     main.add_command(command)
 

@@ -1,4 +1,4 @@
-"""`evaluate`, `demo` and `serve-dicom`."""
+"""`evaluate` and `demo`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ from typing import Any
 
 import click
 
-from medvit_edge.cli.common import config_default, existing_path, new_path_option, require
+from medvit_edge.cli.common import existing_path, require
 from medvit_edge.demo.run import DemoConfig
 from medvit_edge.evaluation.evaluate import EvaluateConfig
-from medvit_edge.hospital.node import NodeConfig
-from medvit_edge.options import choices, field_default
-from medvit_edge.runtime.variants import Device
+from medvit_edge.options import field_default
 
 
 @click.command()
@@ -94,54 +92,4 @@ def demo(data: Path | None, output: Path, epochs: float, seed: int, quiet: bool)
                 "  timings            " + ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items()),
             ]
         )
-    )
-
-
-@click.command("serve-dicom")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--ae-title", default=field_default(NodeConfig, "ae_title"), show_default=True, help="This AE.")
-@click.option("--port", type=int, default=field_default(NodeConfig, "port"), show_default=True)
-@click.option("--host", default=field_default(NodeConfig, "host"), show_default=True, help="Listen address.")
-@click.option("--destination", help="Send each SR to this AE: AE@host:port (e.g. PACS@10.0.0.5:104).")
-@new_path_option("--dicom-out", "Also keep each SR here.", folder=True)
-@new_path_option("--audit-log", "One JSON line per prediction.", folder=False)
-@new_path_option(
-    "--spool", "Received instances wait here (re-queued after a crash). [default: a temporary folder]", True
-)
-@config_default(
-    "--queue-size",
-    NodeConfig,
-    "queue_size",
-    int,
-    "Instances waiting at most; when full, a sender is refused (0xA700) and may retry.",
-)
-@click.option(
-    "--modality",
-    "modalities",
-    multiple=True,
-    default=field_default(NodeConfig, "modalities"),
-    show_default=True,
-    help="Classify instances of this Modality (repeatable); others are logged and skipped.",
-)
-@click.option("--allow-ae", "allowed_aes", multiple=True, help="Accept only these calling AE titles.")
-@click.option(
-    "--device",
-    type=click.Choice(choices(Device)),
-    default=field_default(NodeConfig, "device"),
-    show_default=True,
-)
-@click.option("--threads", type=int, help="onnxruntime intra-op threads. [default: all cores]")
-def serve_dicom(**values: Any) -> None:
-    """A DICOM node: a Storage SCP that classifies each ultrasound instance it receives and sends
-    a DICOM Structured Report to --destination (C-STORE). A bad instance is logged and the node
-    goes on; SIGTERM or SIGINT stop it after the instances received are done. Needs [dicom].
-    """
-    require("runtime")
-    from medvit_edge.hospital.node import NodeConfig, serve
-
-    values["modalities"], values["allowed_aes"] = tuple(values["modalities"]), tuple(values["allowed_aes"])
-    stats = serve(NodeConfig(**values))
-    click.echo(
-        f"{stats.received} instances received, {stats.reported} reported, {stats.failed} failed, "
-        f"{stats.refused} refused; {stats.sent} SRs sent, {stats.unsent} not sent"
     )

@@ -15,15 +15,22 @@ The report follows **TID 1500** (Measurement Report), built by highdicom, so any
   - **algorithm identification** (TID 4019): name = the model (run folder/file), version = its
     variant and export time, manufacturer ``medvit-edge``, parameters ``model_sha256=...``,
     ``variant=...``, ``software=medvit-edge X.Y`` and the **research-use notice**;
-  - qualitative evaluation ``Predicted class`` = the label, and ``Decision`` = the decision when
-    the row carries one (codes of the private scheme ``99MEDVIT``, whose code value is the
-    label itself; declared in the Coding Scheme Identification Sequence);
+  - qualitative evaluation ``Finding`` = the model's **decision** (its policy: operating point
+    and refer rule; the most probable class when the model has no policy) and ``Most probable
+    class`` = the argmax, so a reader never takes the argmax for the decision (codes of the
+    private scheme ``99MEDVIT``, whose code value is the label itself; declared in the Coding
+    Scheme Identification Sequence);
   - one ``NUM`` per class: ``Probability of <label>``, unit UCUM ``1`` (a ratio 0..1).
 
-The SR copies the patient and study of the source (so PACS files it with the study) and lists
-the source in the Current Requested Procedure Evidence Sequence. Its Series Description carries
-the research-use notice too. UIDs are derived, not random: the SR's SOP Instance UID from the
-source SOP Instance UID and the model's sha256 (the same instance classified again by the same
+The SR copies the patient and study of the source (so PACS files it with the study), each
+attribute checked (``medvit_edge.hospital.dicom_sanitize``: a malformed optional one is left out with a
+warning), and lists the source in the Current Requested Procedure Evidence Sequence. Its
+**Contributing Equipment Sequence** (IHE AI Results) names the algorithm: purpose "Processing
+Equipment" (DCM 109102), manufacturer ``medvit-edge``, model name, Device UID (from the model's
+sha256), software versions (medvit-edge, the model's variant and sha256). Its Series
+Description carries the research-use notice too. UIDs are derived, not random, under the
+organisation's root (``uid_root``; pydicom's root when none is given): the SR's SOP Instance UID
+from the source SOP Instance UID and the model's sha256 (the same instance classified again by the same
 model gives the same UID, so a resend replaces rather than duplicates), the series UID from the
 study UID and the model's sha256 (one SR series per study and model). A source without a Study,
 Series or SOP Instance UID or SOP Class UID cannot be referenced: an error naming the file.
@@ -31,7 +38,6 @@ Series or SOP Instance UID or SOP Class UID cannot be referenced: an error namin
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Iterable
@@ -52,19 +58,6 @@ SCHEME = "99MEDVIT"
 SERIES_NUMBER = 7500
 SERIES_DESCRIPTION = "medvit-edge AI classification (RESEARCH USE ONLY)"
 DICOM_OUT_HINT = "DICOM reports need highdicom: pip install 'medvit-edge[dicom]'"
-# Type 2 attributes highdicom copies from the source: present (maybe empty) in every valid image.
-_PATIENT_STUDY = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
-_REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
 class ReportError(ValueError):
@@ -99,23 +92,33 @@ def check_report_folder(folder: Path) -> None:
         raise UserError(f"--dicom-out {folder}: cannot write in it (permission denied)")
 
 
-def report_uid(source_sop_uid: str, model_sha256: str) -> str:
-    from pydicom.uid import generate_uid
+def derived_uid(uid_root: str | None, *sources: str) -> str:
+    """A UID under ``uid_root`` (pydicom's root when None) that the same sources always give."""
+    from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
-    return str(generate_uid(entropy_srcs=["medvit-edge sr", source_sop_uid, model_sha256]))
+    return str(generate_uid(prefix=uid_root or PYDICOM_ROOT_UID, entropy_srcs=list(sources)))
 
 
-def build_report(header: Any, results: list[FrameResult], labels: list[str], model: ModelIdentity) -> Any:
+def report_uid(source_sop_uid: str, model_sha256: str, uid_root: str | None = None) -> str:
+    return derived_uid(uid_root, "medvit-edge sr", source_sop_uid, model_sha256)
+
+
+def build_report(
+    header: Any,
+    results: list[FrameResult],
+    labels: list[str],
+    model: ModelIdentity,
+    uid_root: str | None = None,
+) -> Any:
     """The SR (a highdicom ``ComprehensiveSR``, a pydicom ``Dataset``) about one source instance,
     from its header (the dataset without pixel data) and one result per classified frame."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
     if not results:
         raise ReportError("no classified frame to report")
     evidence = _evidence(header)
-    multi_frame = int(header.get("NumberOfFrames", 1) or 1) > 1
+    multi_frame = int(evidence.NumberOfFrames) > 1
     algorithm = hd.sr.AlgorithmIdentification(
         name=model.name,
         version=model.version,
@@ -127,9 +130,9 @@ def build_report(header: Any, results: list[FrameResult], labels: list[str], mod
             RESEARCH_NOTICE,
         ],
     )
-    groups = [_group(hd, evidence, result, labels, algorithm, multi_frame) for result in results]
+    groups = [_group(hd, evidence, result, labels, algorithm, multi_frame, uid_root) for result in results]
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(hd, codes, model),
+        observation_context=_observation_context(hd, codes, model, uid_root),
         procedure_reported=hd.sr.CodedConcept("16310003", "SCT", "Ultrasonography"),
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
@@ -137,37 +140,71 @@ def build_report(header: Any, results: list[FrameResult], labels: list[str], mod
     sr = hd.sr.ComprehensiveSR(
         evidence=[evidence],
         content=report,
-        series_instance_uid=generate_uid(
-            entropy_srcs=["medvit-edge series", evidence.StudyInstanceUID, model.sha256]
+        series_instance_uid=derived_uid(
+            uid_root, "medvit-edge series", evidence.StudyInstanceUID, model.sha256
         ),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=report_uid(evidence.SOPInstanceUID, model.sha256),
-        instance_number=int(header.get("InstanceNumber") or 1),
+        sop_instance_uid=report_uid(evidence.SOPInstanceUID, model.sha256, uid_root),
+        instance_number=int(evidence.InstanceNumber),
         manufacturer="medvit-edge",
+        manufacturer_model_name=model.name[-64:],
+        software_versions=f"medvit-edge {__version__}",
+        device_serial_number=model.sha256[:16],
         is_complete=True,
         series_description=SERIES_DESCRIPTION,
+        contributing_equipment=[_contributing_equipment(hd, model, uid_root)],
     )
     sr.CodingSchemeIdentificationSequence = [_private_scheme()]
+    if any(
+        not str(evidence.get(k) or "").isascii()
+        for k in ("PatientName", "ReferringPhysicianName", "PatientID")
+    ):
+        sr.SpecificCharacterSet = "ISO_IR 192"  # copied names in UTF-8
     return sr
 
 
+def _contributing_equipment(hd: Any, model: ModelIdentity, uid_root: str | None) -> Any:
+    """IHE AI Results: the algorithm as contributing equipment, so a PACS or viewer tells an
+    algorithm's report from a person's."""
+    from pydicom.sr.codedict import codes
+
+    item = hd.ContributingEquipment(
+        manufacturer="medvit-edge",
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=model.name[-64:],
+        software_versions=[f"medvit-edge {__version__}", model.variant[:64], f"sha256 {model.sha256[:16]}"],
+        contribution_description=f"AI classification ({model.version})"[:1024],
+    )
+    item.DeviceUID = device_uid(model, uid_root)
+    return item
+
+
+def device_uid(model: ModelIdentity, uid_root: str | None = None) -> str:
+    return derived_uid(uid_root, "medvit-edge device", model.sha256)
+
+
+def encode_report(sr: Any) -> bytes:
+    """The SR as a DICOM file's bytes (what the outbox holds and the PACS receives)."""
+    from io import BytesIO
+
+    buffer = BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def _evidence(header: Any) -> Any:
-    """A copy of the source header that highdicom can read the patient/study modules from."""
-    missing = [keyword for keyword in _REQUIRED_UIDS if not str(header.get(keyword, "") or "").strip()]
-    if missing:
-        raise ReportError(f"the source has no {', '.join(missing)}: a report cannot reference it")
-    evidence = copy.deepcopy(header)
-    for keyword in _PATIENT_STUDY:
-        if keyword not in evidence:
-            setattr(evidence, keyword, None)  # type 2: present and empty, as the SR needs them
-    return evidence
+    """Only the checked attributes of the source header: what highdicom copies into the SR."""
+    from medvit_edge.hospital.dicom_sanitize import SourceError, clean_source
+
+    try:
+        return clean_source(header)[0]
+    except SourceError as exc:
+        raise ReportError(str(exc)) from exc
 
 
-def _observation_context(hd: Any, codes: Any, model: ModelIdentity) -> Any:
-    from pydicom.uid import generate_uid
-
+def _observation_context(hd: Any, codes: Any, model: ModelIdentity, uid_root: str | None) -> Any:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=generate_uid(entropy_srcs=["medvit-edge device", model.sha256]),
+        uid=device_uid(model, uid_root),
         name="medvit-edge",
         manufacturer_name="medvit-edge",
         model_name=model.name[-64:],
@@ -177,10 +214,14 @@ def _observation_context(hd: Any, codes: Any, model: ModelIdentity) -> Any:
 
 
 def _group(
-    hd: Any, evidence: Any, result: FrameResult, labels: list[str], algorithm: Any, multi: bool
+    hd: Any,
+    evidence: Any,
+    result: FrameResult,
+    labels: list[str],
+    algorithm: Any,
+    multi: bool,
+    uid_root: str | None,
 ) -> Any:
-    from pydicom.uid import generate_uid
-
     frames = [result.frame + 1] if multi else None
     source = hd.sr.SourceImageForMeasurementGroup(
         referenced_sop_class_uid=evidence.SOPClassUID,
@@ -194,19 +235,15 @@ def _group(
         )
         for label in labels
     ]
+    finding = result.decision or result.label  # no policy: the decision is the most probable class
     evaluations = [
+        hd.sr.QualitativeEvaluation(_code("finding", "Finding"), _code(finding, finding)),
         hd.sr.QualitativeEvaluation(
-            _code("predicted-class", "Predicted class"), _code(result.label, result.label)
-        )
+            _code("most-probable-class", "Most probable class"), _code(result.label, result.label)
+        ),
     ]
-    if result.decision:
-        evaluations.append(
-            hd.sr.QualitativeEvaluation(
-                _code("decision", "Decision"), _code(result.decision, result.decision)
-            )
-        )
     tracking = hd.sr.TrackingIdentifier(
-        uid=generate_uid(entropy_srcs=["medvit-edge frame", evidence.SOPInstanceUID, str(result.frame)]),
+        uid=derived_uid(uid_root, "medvit-edge frame", evidence.SOPInstanceUID, str(result.frame)),
         identifier=f"frame {result.frame + 1}",
     )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -238,7 +275,7 @@ def write_report(sr: Any, folder: Path) -> Path:
     """``folder/<SR SOP Instance UID>.dcm``, written atomically."""
     path = folder / f"{sr.SOPInstanceUID}.dcm"
     with atomic_writer(path, "wb") as handle:
-        sr.save_as(handle, enforce_file_format=True)
+        handle.write(encode_report(sr))
     return path
 
 

@@ -1,59 +1,67 @@
 """``medvit-edge serve-dicom``: a DICOM node that classifies the ultrasound images sent to it.
 
-A Storage SCP (pynetdicom) accepts C-STORE requests for every storage SOP class, in any
-transfer syntax. For each instance received:
+**Acknowledged = delivered or visibly parked.** For each C-STORE:
 
-1. the handler writes the bytes as received to the **spool** (``SPOOL/incoming``, fsync'd) and
-   puts it on a **bounded queue**; only then does it answer Success. When the queue stays full
-   for ``accept_timeout`` seconds it answers ``0xA700`` (Refused: out of resources) and deletes
-   the file, so the sender knows to retry: an instance is either acknowledged and spooled, or
-   refused, never silently dropped;
-2. one worker thread classifies the queued instances in order, through ``infer``'s own row
-   builder (the same reader, preprocessing and model path as ``medvit-edge infer``); an instance
-   whose Modality is not among ``modalities`` (default ``US``), that has no pixel data, that
-   cannot be decoded, or whose SOP class is not an image is logged (a warning naming its SOP
-   Instance UID, the calling AE and the cause) and audited, and the node goes on: **a bad
-   instance never stops it**;
-3. with an audit log, every prediction's line is acknowledged (on disk) before anything leaves;
-4. the DICOM SR (``medvit_edge.hospital.dicom_sr``) is written to ``dicom_out`` when set, and sent to the
-   **destination** AE (C-STORE SCU, one association kept open and re-opened when the peer closed
-   it) when set; a send that still fails after ``send_retries`` tries leaves the SR in
-   ``SPOOL/unsent`` and is logged as an error;
-5. the spooled instance is deleted.
+1. the instance is written to the durable spool (``medvit_edge.hospital.spool``: ``SPOOL/incoming``,
+   file and folder entry fsync'd, entered by rename so a partial write is never classified)
+   and queued; only then does the node answer Success. A spool over its quota, a full disk, a
+   queue that stays full for ``accept_timeout`` seconds or a node in trouble (below) answer
+   ``0xA700`` (Refused: out of resources): the sender keeps the instance and retries;
+2. one worker classifies the queued instances in order through ``infer``'s row builder; the
+   audit lines are on disk before anything leaves;
+3. an instance that can never be classified (not a classified Modality, no pixel data,
+   undecodable, no UIDs to reference) goes to ``SPOOL/failed/`` with ``NAME.reason.txt`` and an
+   audit line; **a bad instance never stops the node**;
+4. the SR (``medvit_edge.hospital.dicom_sr``, its UID derived from the source SOP Instance UID and the
+   model) goes to ``SPOOL/outbox``; then the instance leaves ``incoming``. The delivery thread
+   (``medvit_edge.hospital.node_sender``) sends it to the destination and copies it to ``--dicom-out``,
+   retrying with backoff and re-sending at every start and every ``resend_interval`` seconds.
 
-Instances left in ``SPOOL/incoming`` by a node that was killed are queued again at the next
-start (with ``--spool DIR``; the default spool is a temporary folder removed at exit).
+A **transient** failure (the audit log or the spool cannot be written, any ``OSError``) keeps
+the instance in ``incoming`` and retries it with backoff; while it lasts the node answers new
+C-STOREs with ``0xA700``. An unexpected error on one instance is retried twice, then parked.
+At start, what ``incoming`` holds is classified again and the outbox is re-sent. A crash
+between two steps repeats the step: the same SR UID replaces, never duplicates.
 
-**Graceful shutdown** (SIGTERM or SIGINT, or ``stop()``): no new association is accepted;
-associations in progress get ``grace`` seconds to finish (then are aborted: their unanswered
-instances were not acknowledged); every queued instance is classified and its SR sent; then the
-audit log is closed. ``NodeStats`` counts what happened.
+**Secure by default**: see ``medvit_edge.hospital.node_network`` (127.0.0.1 unless ``--host``, calling AE
+allow-list required unless ``allow_any_ae``, called AE checked, peer allow-list, TLS, timeouts,
+maximum PDU, associations and instance size). C-ECHO (Verification) is answered.
+
+**Graceful shutdown** (SIGTERM/SIGINT or ``stop()``): no new association; those in progress get
+``grace`` seconds; the queue is classified; one last delivery pass; the audit log is closed.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import logging
-import os
 import queue
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medvit_edge.errors import UserError
+from medvit_edge.errors import UserError, printable
 from medvit_edge.hospital.audit import AuditError, AuditLog, ModelIdentity, prediction_record
+from medvit_edge.hospital.node_config import NodeConfig
+from medvit_edge.hospital.node_network import (
+    Limits,
+    client_tls,
+    make_ae,
+    parse_peers,
+    server_tls,
+    start_server,
+)
+from medvit_edge.hospital.node_sender import Delivery, Destination, _Sender
+from medvit_edge.hospital.spool import Spool, SpoolFull, default_spool
 from medvit_edge.inference.engine import EngineOptions, classify_files, resolve_model_path
 from medvit_edge.inference.rows import PredictionRow
 from medvit_edge.io.inputs import InputFile
 from medvit_edge.io.reader import DicomIds
 from medvit_edge.runtime.classifier import Classifier
 from medvit_edge.runtime.images import ImageDecodeError
-from medvit_edge.runtime.variants import Device
 
 logger = logging.getLogger(__name__)
 
@@ -61,54 +69,20 @@ NODE_HINT = "serve-dicom needs pynetdicom and highdicom: pip install 'medvit-edg
 OUT_OF_RESOURCES = 0xA700
 SUCCESS = 0x0000
 _STOP = None
+_BUG_TRIES = 3
 
-
-@dataclass
-class NodeConfig:
-    model: Path  # a model file, a run folder or its onnx/ folder (as infer)
-    ae_title: str = "MEDVIT"
-    port: int = 11112  # 0: any free port (tests)
-    host: str = "0.0.0.0"
-    destination: str | None = None  # "AE@host:port": where the SRs go (C-STORE)
-    dicom_out: Path | None = None  # also keep each SR here
-    audit_log: Path | None = None
-    spool: Path | None = None  # default: a temporary folder, removed at exit
-    queue_size: int = 64
-    accept_timeout: float = 10.0  # how long a C-STORE waits for room in a full queue
-    modalities: tuple[str, ...] = ("US",)
-    allowed_aes: tuple[str, ...] = ()  # calling AE titles accepted; empty: any
-    send_retries: int = 3
-    grace: float = 30.0  # seconds associations in progress get at shutdown
-    device: Device = "auto"
-    threads: int | None = None
-
-
-@dataclass(frozen=True)
-class Destination:
-    ae_title: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Destination:
-        """``AE@host:port`` (e.g. ``PACS@10.0.0.5:104``)."""
-        ae_title, at, address = text.partition("@")
-        host, colon, port = address.rpartition(":")
-        if not (at and colon and ae_title and host and port.isdigit()) or not 0 < int(port) < 65536:
-            raise UserError(f"--destination {text!r}: expected AE@host:port, e.g. PACS@10.0.0.5:104")
-        if len(ae_title) > 16:
-            raise UserError(f"--destination {text!r}: an AE title has at most 16 characters")
-        return cls(ae_title, host, int(port))
+__all__ = ["Destination", "DicomNode", "NodeConfig", "NodeStats", "serve"]
 
 
 @dataclass
 class NodeStats:
     received: int = 0  # acknowledged and spooled
-    refused: int = 0  # answered 0xA700: the queue stayed full
-    reported: int = 0  # classified, SR made
-    failed: int = 0  # logged and audited, no SR
+    refused: int = 0  # answered 0xA700
+    reported: int = 0  # classified, SR in the outbox
+    failed: int = 0  # parked in SPOOL/failed
+    retried: int = 0  # transient failures retried
     sent: int = 0
-    unsent: int = 0  # SR kept in SPOOL/unsent
+    unsent: int = 0  # SRs still in the outbox at stop (re-sent at the next start)
     failures: list[str] = field(default_factory=list)  # the last errors, for the log and tests
 
 
@@ -119,15 +93,20 @@ class _Received:
     calling_ae: str
 
 
+class _Transient(Exception):
+    """Retry later: nothing about the instance is wrong."""
+
+
 class DicomNode:
     """The node; ``start()`` returns at once, ``stop()`` shuts it down gracefully."""
 
     def __init__(self, cfg: NodeConfig, classifier: Classifier | None = None):
         _require_dicom_network()
-        if cfg.queue_size < 1:
-            raise UserError(f"--queue-size must be at least 1, got {cfg.queue_size}")
+        cfg.validate()
         self.cfg = cfg
         self.destination = Destination.parse(cfg.destination) if cfg.destination else None
+        self._peers = parse_peers(cfg.allowed_peers)
+        self._tls = server_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
         if cfg.dicom_out is not None:
             from medvit_edge.hospital.dicom_sr import check_report_folder
 
@@ -136,122 +115,191 @@ class DicomNode:
             resolve_model_path(cfg.model, cfg.device), device=cfg.device, threads=cfg.threads
         )
         self.model = ModelIdentity.of(self.classifier)
+        self.spool_dir = cfg.spool or default_spool(cfg.ae_title)
+        self.spool = Spool.open(self.spool_dir, cfg.spool_quota_mb << 20)
+        try:
+            self.audit = AuditLog.open(cfg.audit_log) if cfg.audit_log else None
+        except BaseException:
+            self.spool.close()
+            raise
         self.stats = NodeStats()
-        self.audit = AuditLog.open(cfg.audit_log) if cfg.audit_log else None
-        self._own_spool = cfg.spool is None
-        self.spool = Path(tempfile.mkdtemp(prefix="medvit-spool-")) if cfg.spool is None else cfg.spool
-        for sub in ("incoming", "unsent"):
-            (self.spool / sub).mkdir(parents=True, exist_ok=True)
         self._queue: queue.Queue[_Received | None] = queue.Queue(maxsize=cfg.queue_size)
         self._engine = EngineOptions(decode_workers=1, progress=False)
-        self._names = itertools.count()
         self._lock = threading.Lock()
-        self._sender = _Sender(cfg.ae_title, self.destination, cfg.send_retries) if self.destination else None
+        self._stopping = threading.Event()
+        sender = None
+        if self.destination is not None:
+            tls = client_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+            sender = _Sender(cfg.ae_title, self.destination, (cfg.acse_timeout, cfg.dimse_timeout), tls)
+        self.delivery = Delivery(self.spool, sender, cfg.dicom_out, cfg.resend_interval, cfg.max_backoff)
         self._worker = threading.Thread(target=self._work, name="node-worker", daemon=True)
         self._server: Any = None
         self.port = cfg.port
-        self.broken: str | None = None  # why the node refuses new instances (the audit log failed)
+        self.broken: str | None = None  # why the node refuses new instances for now
+
+    def limits(self) -> Limits:
+        c = self.cfg
+        return Limits(
+            c.acse_timeout, c.dimse_timeout, c.network_timeout, c.max_pdu, c.max_associations,
+            c.max_pending, c.max_instance_mb << 20,
+        )  # fmt: skip
 
     def start(self) -> int:
-        """Re-queue what a previous run left in the spool, start the worker and listen;
-        returns the port listened on."""
-        from pynetdicom import AE, evt
+        """Classify what an earlier run left, re-send its outbox, listen; returns the port."""
+        from pynetdicom import evt
 
-        leftovers = sorted((self.spool / "incoming").glob("*.dcm"))
         self._worker.start()
-        for path in leftovers:
-            self._queue.put(_Received(path, "", "(spooled by an earlier run)"))
-        if leftovers:
-            logger.info("re-queued %d instances left in %s", len(leftovers), self.spool / "incoming")
-        ae = AE(ae_title=self.cfg.ae_title)
-        _support_storage(ae)
+        self.delivery.start()
+        ae = make_ae(self.cfg.ae_title, self.limits())
+        _support_storage(ae, self.cfg.sop_classes)
         if self.cfg.allowed_aes:
             ae.require_calling_aet = list(self.cfg.allowed_aes)
-        handlers = [(evt.EVT_C_STORE, self._on_store)]
-        self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers)
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, _on_echo)]
+        self._server = start_server(
+            ae, self.cfg.host, self.cfg.port, self._tls, self._peers, self.limits(), handlers
+        )
         self.port = self._server.server_address[1]
         logger.info(
-            "%s listening on %s:%d (model %s)", self.cfg.ae_title, self.cfg.host, self.port, self.model.name
+            "%s listening on %s:%d%s (model %s, spool %s)",
+            self.cfg.ae_title,
+            self.cfg.host,
+            self.port,
+            " with TLS" if self._tls else "",
+            self.model.name,
+            self.spool_dir,
         )
         return self.port
 
     def stop(self) -> NodeStats:
-        """No new associations; let those in progress finish (``grace``); classify and send
-        everything queued; close the audit log."""
+        """No new associations; let those in progress finish (``grace``); classify everything
+        queued; one last delivery pass; close the audit log and release the spool."""
         if self._server is not None:
             self._server.shutdown()
+            self._server.close_pending()
             deadline = time.monotonic() + self.cfg.grace
-            while self._server.active_associations and time.monotonic() < deadline:
+            # only real associations get the grace period: an idle connection has nothing to finish
+            while time.monotonic() < deadline and any(
+                a.is_established for a in self._server.active_associations
+            ):
                 time.sleep(0.05)
             for association in self._server.active_associations:
                 association.abort()
             self._server = None
-        if self._worker.is_alive():
-            self._queue.put(_STOP)
-            self._worker.join()
-        if self._sender is not None:
-            self._sender.close()
+        self._stopping.set()
+        while self._worker.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=0.2)
+                break
+            except queue.Full:  # a worker that stopped early takes nothing more
+                continue
+        self._worker.join()
+        self.delivery.stop(flush=True)
         if self.audit is not None:
-            self.audit.close()
-        if self._own_spool:
-            shutil.rmtree(self.spool, ignore_errors=True)
+            with contextlib.suppress(AuditError):
+                self.audit.close()
+        self.stats.sent = self.delivery.stats.sent
+        self.stats.failed += self.delivery.stats.parked
+        self.stats.unsent = len(self.spool.outbox("pacs")) + len(self.spool.outbox("folder"))
+        self.spool.close()
         logger.info("stopped: %s", _describe(self.stats))
         return self.stats
 
     def _on_store(self, event: Any) -> int:
         """Spool and queue; Success only once the instance is on disk and queued."""
-        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
-        calling = str(event.assoc.requestor.ae_title).strip()
-        if self.broken:
-            logger.error("instance %s from %s: refused, %s", sop_uid, calling, self.broken)
-            return OUT_OF_RESOURCES
-        path = self.spool / "incoming" / f"{time.time_ns()}-{next(self._names)}.dcm"
-        try:
-            _write_durably(path, event.encoded_dataset())
-        except OSError as exc:
-            logger.error("instance %s from %s: cannot spool it (%s); refused", sop_uid, calling, exc)
-            return OUT_OF_RESOURCES
-        try:
-            self._queue.put(_Received(path, sop_uid, calling), timeout=self.cfg.accept_timeout)
-        except queue.Full:
-            path.unlink(missing_ok=True)
-            with self._lock:
-                self.stats.refused += 1
-            logger.warning(
-                "instance %s from %s: queue full; refused (the sender may retry)", sop_uid, calling
-            )
-            return OUT_OF_RESOURCES
+        sop_uid = printable(event.request.AffectedSOPInstanceUID or "")
+        calling = printable(str(event.assoc.requestor.ae_title).strip())
+        refusal = self.broken
+        if refusal is None:
+            data = event.encoded_dataset()
+            try:
+                path = self.spool.accept(data)
+            except SpoolFull as exc:
+                refusal = str(exc)
+            except OSError as exc:
+                refusal = f"cannot spool it ({exc.strerror or exc})"
+        if refusal is None:
+            try:
+                self._queue.put(_Received(path, sop_uid, calling), timeout=self.cfg.accept_timeout)
+            except queue.Full:
+                self.spool.remove(path)
+                refusal = "queue full"
         with self._lock:
-            self.stats.received += 1
-        return SUCCESS
+            if refusal is None:
+                self.stats.received += 1
+                return SUCCESS
+            self.stats.refused += 1
+        logger.warning("instance %s from %s: refused (%s); the sender may retry", sop_uid, calling, refusal)
+        return OUT_OF_RESOURCES
 
     def _work(self) -> None:
+        leftovers = self.spool.incoming()
+        if leftovers:
+            logger.info("classifying %d instances left in %s", len(leftovers), self.spool_dir / "incoming")
+        for path in leftovers:
+            if not self._handle(_Received(path, "", "(spooled by an earlier run)")):
+                break
         while (item := self._queue.get()) is not _STOP:
+            if not self._handle(item):
+                break  # stopping during a transient failure: the rest stays in incoming
+
+    def _handle(self, item: _Received) -> bool:
+        """Process ``item`` until it is reported or parked; False when the node stops first."""
+        tries, bugs = 0, 0
+        while True:
             try:
                 self._process(item)
-            except AuditError as exc:  # nothing leaves unaudited: refuse what comes next
-                self.broken = str(exc)
-                self._failed(item, str(exc), audited=True)
+                if self.broken is not None:
+                    logger.warning("recovered from: %s", self.broken)
+                    self.broken = None
+                return True
+            except (_Transient, OSError, AuditError) as exc:
+                tries += 1
+                self._trouble(item, exc, tries)
             except Exception as exc:  # a bug on one instance must never stop the node
+                bugs += 1
                 logger.exception("instance %s: unexpected %s", item.sop_uid, type(exc).__name__)
-                self._failed(item, f"unexpected {type(exc).__name__}: {exc}")
-            finally:
-                item.path.unlink(missing_ok=True)
+                if bugs >= _BUG_TRIES:
+                    self._park(item, f"unexpected {type(exc).__name__}: {exc}", audited=False)
+                    return True
+            if self._stopping.wait(min(0.5 * 2**tries, self.cfg.max_backoff)):
+                logger.error("instance %s kept in %s for the next start", item.sop_uid, item.path)
+                return False
+
+    def _trouble(self, item: _Received, exc: BaseException, tries: int) -> None:
+        reason = printable(exc)
+        if self.broken is None:
+            logger.error("transient failure (%s): new instances are refused until it clears", reason)
+        self.broken = reason
+        with self._lock:
+            self.stats.retried += 1
+        if isinstance(exc, AuditError) and self.cfg.audit_log is not None:
+            with contextlib.suppress(Exception):
+                if self.audit is not None:
+                    self.audit.close()
+            self.audit = None
+            with contextlib.suppress(AuditError, OSError):
+                self.audit = AuditLog.open(self.cfg.audit_log)
+        logger.debug("instance %s: try %d failed: %s", item.sop_uid, tries, reason)
 
     def _process(self, item: _Received) -> None:
         from medvit_edge.io.dicom import read_dicom_header
 
+        if not item.path.exists():
+            return  # a retry after the instance was already reported
         try:
             header = read_dicom_header(item.path)
         except ImageDecodeError as exc:
-            self._failed(item, str(exc).replace(str(item.path), "instance"))
+            self._park(item, str(exc).replace(str(item.path), "instance"))
             return
+        item = _Received(
+            item.path, printable(header.get("SOPInstanceUID", "") or item.sop_uid), item.calling_ae
+        )
         modality = str(header.get("Modality", "") or "")
         if self.cfg.modalities and modality not in self.cfg.modalities:
-            shown = modality or "none"
-            self._failed(
+            classified = ", ".join(self.cfg.modalities)
+            self._park(
                 item,
-                f"Modality {shown} is not one this node classifies ({', '.join(self.cfg.modalities)})",
+                f"Modality {printable(modality) or 'none'} is not one this node classifies ({classified})",
             )
             return
         rows, _ = classify_files([InputFile(item.path)], self.classifier, self._engine, digest=True)
@@ -260,116 +308,68 @@ class DicomNode:
             row.error = row.error.replace(str(item.path), "instance")
         self._audit(rows)
         if not any(row.ok for row in rows):
-            self._failed(item, rows[0].error if rows else "no frame", rows[0] if rows else None, audited=True)
+            self._park(item, rows[0].error if rows else "no frame", audited=True)
             return
         self._report(item, header, rows)
 
     def _report(self, item: _Received, header: Any, rows: list[PredictionRow]) -> None:
-        from medvit_edge.hospital.dicom_sr import ReportError, build_report, frame_results, write_report
+        from medvit_edge.hospital.dicom_sr import ReportError, build_report, encode_report, frame_results
 
         try:
             sr = build_report(
-                header, frame_results(rows, self.classifier.labels), self.classifier.labels, self.model
+                header,
+                frame_results(rows, self.classifier.labels),
+                self.classifier.labels,
+                self.model,
+                uid_root=self.cfg.uid_root,
             )
+            data = encode_report(sr)
         except (ReportError, ValueError, TypeError, AttributeError) as exc:
-            self._failed(item, f"no report: {exc}", rows[0], audited=True)
+            self._park(item, f"no report: {exc}", audited=True)
             return
+        name = f"{sr.SOPInstanceUID}.dcm"
+        if self.destination is not None:
+            self.spool.write("outbox/pacs", name, data)
         if self.cfg.dicom_out is not None:
-            write_report(sr, self.cfg.dicom_out)
-        sent = self._send(sr)
-        labels = ", ".join(f"frame {r.frame}: {r.label}" for r in rows if r.ok)
+            self.spool.write("outbox/folder", name, data)
+        self.spool.remove(item.path)
+        self.delivery.notify()
         with self._lock:
             self.stats.reported += 1
+        labels = ", ".join(f"frame {r.frame}: {r.decision or r.label}" for r in rows if r.ok)
         logger.info(
-            "instance %s from %s: %s -> SR %s%s",
-            rows[0].ids.sop_uid,
-            item.calling_ae,
-            labels,
-            sr.SOPInstanceUID,
-            sent,
+            "instance %s from %s: %s -> SR %s", item.sop_uid, item.calling_ae, labels, sr.SOPInstanceUID
         )
 
-    def _send(self, sr: Any) -> str:
-        if self._sender is None:
-            return ""
-        try:
-            self._sender.send(sr)
-        except ConnectionError as exc:
-            from medvit_edge.hospital.dicom_sr import write_report
-
-            kept = write_report(sr, self.spool / "unsent")
-            with self._lock:
-                self.stats.unsent += 1
-            logger.error("SR %s not sent (%s); kept in %s", sr.SOPInstanceUID, exc, kept)
-            return " (not sent)"
-        with self._lock:
-            self.stats.sent += 1
-        return f" sent to {self._sender.destination.ae_title}"
-
     def _audit(self, rows: list[PredictionRow]) -> None:
-        if self.audit is None or not rows:
+        if self.cfg.audit_log is None or not rows:
             return
+        if self.audit is None:
+            raise _Transient(f"the audit log {self.cfg.audit_log} cannot be opened")
         last = 0
         for row in rows:
             last = self.audit.submit(prediction_record(row, self.classifier.labels, self.model, "node"))
-        self.audit.wait(last)  # AuditError: the worker logs it per instance; nothing is sent
+        self.audit.wait(last)
 
-    def _failed(
-        self, item: _Received, error: str, row: PredictionRow | None = None, audited: bool = False
-    ) -> None:
-        sop_uid = (row.ids.sop_uid if row is not None else "") or item.sop_uid
-        message = f"instance {sop_uid or '(unknown)'} from {item.calling_ae}: {error}"
-        if not audited and self.audit is not None and not self.broken:
-            record = PredictionRow(path="", error=error, ids=DicomIds(sop_uid=sop_uid))
-            try:
-                self.audit.log(prediction_record(record, self.classifier.labels, self.model, "node"))
-            except AuditError as exc:
-                self.broken = str(exc)
+    def _park(self, item: _Received, error: str, audited: bool = False) -> None:
+        """The instance goes to ``failed/`` with its reason, after its audit line is on disk."""
+        error = printable(error)
+        message = f"instance {item.sop_uid or '(unknown)'} from {item.calling_ae}: {error}"
+        if not audited and self.cfg.audit_log is not None:
+            record = PredictionRow(path="", error=error, ids=DicomIds(sop_uid=item.sop_uid))
+            if self.audit is None:
+                raise _Transient(f"the audit log {self.cfg.audit_log} cannot be opened")
+            self.audit.log(prediction_record(record, self.classifier.labels, self.model, "node"))
+        parked = self.spool.park(item.path, message)
         with self._lock:
             self.stats.failed += 1
             self.stats.failures = [*self.stats.failures[-99:], message]
-        logger.warning("%s", message)
+        logger.warning("%s (parked as %s)", message, parked.name)
 
 
-class _Sender:
-    """C-STORE SCU to the destination: one association, re-opened when the peer closed it."""
-
-    def __init__(self, ae_title: str, destination: Destination, retries: int):
-        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-        from pynetdicom import AE
-        from pynetdicom.sop_class import ComprehensiveSRStorage  # type: ignore[attr-defined]
-
-        self.destination, self.retries = destination, max(retries, 1)
-        self.ae = AE(ae_title=ae_title)
-        self.ae.add_requested_context(
-            ComprehensiveSRStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-        )
-        self.association: Any = None
-
-    def send(self, dataset: Any) -> None:
-        """``ConnectionError`` when every try failed."""
-        problem = "no try"
-        for attempt in range(self.retries):
-            if attempt:
-                time.sleep(min(0.5 * 2**attempt, 5.0))
-            if self.association is None or not self.association.is_established:
-                target = self.destination
-                self.association = self.ae.associate(target.host, target.port, ae_title=target.ae_title)
-                if not self.association.is_established:
-                    problem = f"cannot associate with {target.ae_title}@{target.host}:{target.port}"
-                    continue
-            status = self.association.send_c_store(dataset)
-            code = getattr(status, "Status", None)
-            if code is not None and (code == SUCCESS or 0xB000 <= code <= 0xBFFF):  # success or warning
-                return
-            problem = "no answer" if code is None else f"status 0x{code:04X}"
-            if code is None:
-                self.association.abort()
-        raise ConnectionError(f"{problem} after {self.retries} tries")
-
-    def close(self) -> None:
-        if self.association is not None and self.association.is_established:
-            self.association.release()
+def _on_echo(event: Any) -> int:
+    logger.info("C-ECHO from %s", printable(str(event.assoc.requestor.ae_title).strip()))
+    return SUCCESS
 
 
 def _require_dicom_network() -> None:
@@ -380,24 +380,15 @@ def _require_dicom_network() -> None:
         raise UserError(NODE_HINT) from exc
 
 
-def _support_storage(ae: Any) -> None:
-    """Every storage SOP class, every transfer syntax pynetdicom knows: what cannot be decoded
-    is reported per instance, not refused at association time."""
-    from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+def _support_storage(ae: Any, sop_classes: tuple[str, ...]) -> None:
+    """The image SOP classes the node classifies, in every transfer syntax pynetdicom knows
+    (what cannot be decoded is parked per instance), and Verification (C-ECHO)."""
+    from pynetdicom import ALL_TRANSFER_SYNTAXES
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    for uid in sop_classes:
+        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
 
 
 def _describe(stats: NodeStats) -> str:
