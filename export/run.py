@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from medvit_edge.checkpoint import load_spec
+from medvit_edge.checkpoint import load_spec, weights_sha256
 from medvit_edge.errors import UserError
 from medvit_edge.files import sha256_file
 from medvit_edge.manifest import MANIFEST_NAME, Manifest, Validation, VariantRecord
@@ -101,7 +101,7 @@ class Exporter:
         logger.info("validating on %d images from %s", len(self.validation.keys), self.validation.source)
         self.reference = torch_logits(model, self.validation.pixels, cfg.batch_size)
         self.policy = export_policy(cfg, self.reference, self.validation, self.labels)  # one for all
-        self.source_sha256 = sha256_file(weights[0])
+        self.source_sha256 = weights_sha256(cfg.run_dir) or sha256_file(weights[0])
         self.versions = _versions()
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.governance = read_governance(cfg.run_dir, cfg.model_version)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from medvit_edge.errors import ModelLoadError, UserError, printable
+from medvit_edge.freshness import refuse_stale_file
 from medvit_edge.labelled import SPLIT_ALIASES, LabelledImage, read_labelled_set
 from medvit_edge.manifest import Manifest, to_json_dict
 from medvit_edge.options import validate_literals
@@ -132,6 +133,8 @@ def expand_models(paths: list[Path]) -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
     for path in paths:
         if not path.is_dir():
+            if path.is_file():
+                refuse_stale_file(path)
             found.append((path, "" if path.is_file() else f"{path}: model file not found"))
             continue
         folder = path / "onnx" if (path / "onnx").is_dir() else path
@@ -143,6 +146,8 @@ def expand_models(paths: list[Path]) -> list[tuple[Path, str]]:
         names = [record.file for record in manifest.variants] if manifest else file_names()
         names = [name for name in dict.fromkeys(names) if name not in tool_files()]  # not explain
         files = [folder / name for name in names if (folder / name).is_file()]
+        for file in files:
+            refuse_stale_file(file)  # StaleExportError: retrained since the export
         found += [(file, "") for file in files] or [(folder, f"{folder}: no model files here")]
     return found
 

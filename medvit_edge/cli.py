@@ -21,6 +21,7 @@ import click
 from medvit_edge.commands import benchmark, reports, run, stages
 from medvit_edge.commands.common import require  # noqa: F401  (the stage check, for scripts and tests)
 from medvit_edge.errors import EXIT_UNUSABLE, UserError, printable
+from medvit_edge.progress import set_quiet
 
 
 def _version() -> str:
@@ -73,7 +74,9 @@ class _Commands(click.Group):
 )
 @click.version_option(_version(), prog_name="medvit-edge")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr.")
-@click.option("-q", "--quiet", "quiet_logs", is_flag=True, help="Only warnings and errors on stderr.")
+@click.option(
+    "-q", "--quiet", "quiet_logs", is_flag=True, help="Only warnings and errors on stderr (no progress)."
+)
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 def main(verbose: int, quiet_logs: bool, debug: bool) -> None:
     """Fine-tune a ViT on medical images, export it to ONNX (fp32/fp16/int8) and run it on
@@ -92,6 +95,7 @@ def main(verbose: int, quiet_logs: bool, debug: bool) -> None:
     2 the model, data or arguments cannot be used (one line says why).
     """
     configure_logging(verbose, quiet_logs)
+    set_quiet(quiet_logs)
 
 
 for command in (

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 
 from medvit_edge.decision import DecisionPolicy
 from medvit_edge.errors import ModelLoadError, printable
+from medvit_edge.freshness import refuse_stale_file
 from medvit_edge.golden import GOLDEN_FOLDER, GOLDEN_INDEX
 from medvit_edge.int8_target import TARGETS, host_kind, target_warning, weight_bits
 from medvit_edge.manifest import Manifest
@@ -39,6 +40,7 @@ _IR_VERSION, _PRODUCER, _PRODUCER_VERSION, _DOMAIN, _MODEL_VERSION, _DOC, _OPSET
 def model_info(path: Path) -> dict[str, Any]:
     """Everything ``info`` shows about one model file, as JSON-ready values."""
     sha256, _ = hash_model_file(path)  # ModelLoadError when missing or unreadable
+    refuse_stale_file(path)
     if path.suffix.lower() == ".xml":
         return _ir_info(path, sha256)
     session = _session(path)
@@ -202,6 +204,24 @@ def read_header(path: Path) -> dict[str, Any]:
                 domain = opset.get(1, b"").decode("utf-8", "replace") or "ai.onnx"
                 header["opset"][domain] = opset.get(2)
     return header
+
+
+_METADATA_PROPS = 14
+
+
+def metadata_props(path: Path) -> dict[str, str]:
+    """An ONNX file's ``metadata_props`` (key -> value), read past the graph without loading it."""
+    props: dict[str, str] = {}
+    try:
+        with open(path, "rb") as handle:
+            for number, value in _fields(handle, skip=lambda n: n != _METADATA_PROPS):
+                if number == _METADATA_PROPS and isinstance(value, bytes):
+                    entry = dict(_fields(io.BytesIO(value)))
+                    key, text = entry.get(1, b""), entry.get(2, b"")
+                    props[key.decode("utf-8", "replace")] = text.decode("utf-8", "replace")
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read the model file ({exc.strerror or exc})") from exc
+    return props
 
 
 def _fields(handle: BinaryIO, skip: Any = lambda number: False) -> Iterator[tuple[int, Any]]:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from medvit_edge.checkpoint import free_run_folder
 from medvit_edge.commands.common import (
     config_default,
     default_text,
@@ -18,7 +19,18 @@ from medvit_edge.commands.common import (
 from medvit_edge.errors import UserError
 from medvit_edge.export.config import CalibrationMethod, ExportConfig, Int8Mode, TargetChoice
 from medvit_edge.options import choices, field_default, literal_values
-from medvit_edge.train.config import Attention, Precision, Recipe, ReportTo, TrainConfig
+from medvit_edge.progress import quiet
+from medvit_edge.train.config import (
+    COOKBOOK_MODEL,
+    Attention,
+    Precision,
+    Recipe,
+    ReportTo,
+    TrainConfig,
+    TrainDevice,
+    default_recipe,
+)
+from medvit_edge.verdict import result_line
 
 
 def _train_setting(flag: str, field: str, help_text: str, kind: Any = str) -> Any:
@@ -37,12 +49,18 @@ def _train_setting(flag: str, field: str, help_text: str, kind: Any = str) -> An
 @click.command()
 @_train_setting("--model", "model", "Hub id, save_pretrained folder, or preset: tiny, small.")
 @_train_setting("--data", "data", "Hub dataset id, class-folder directory, or split CSV.")
-@_train_setting("--output", "output", "Run folder.", click.Path(path_type=Path))
+@_train_setting(
+    "--output",
+    "output",
+    "Run folder. Given, it must not hold a model (see --resume, --exist-ok); not given, an "
+    "occupied models/run becomes models/run-2, -3, ... (said on stderr).",
+    click.Path(path_type=Path),
+)
 @click.option(
     "--recipe",
     type=click.Choice(choices(Recipe)),
-    help="Named settings to start from: cookbook (fine-tuning) or from-scratch (tiny/small presets). "
-    "[default: cookbook]",
+    help="Named settings to start from: cookbook (fine-tuning a hub model) or from-scratch "
+    "(random init). [default: from-scratch for --model tiny|small, else cookbook]",
 )
 @_train_setting("--epochs", "epochs", "Training epochs.", float)
 @click.option(
@@ -73,16 +91,26 @@ def _train_setting(flag: str, field: str, help_text: str, kind: Any = str) -> An
 )
 @click.option("--compile/--no-compile", "torch_compile", default=None, help="torch.compile the model.")
 @click.option("--resume", is_flag=True, default=None, help="Continue from the run folder's last checkpoint.")
+@click.option(
+    "--exist-ok",
+    is_flag=True,
+    default=None,
+    help="Train over the model in --output (its old export is then refused until exported again).",
+)
+@_train_setting("--device", "device", "Where to train: auto uses a CUDA GPU when there is one.", TrainDevice)
 @_train_setting("--report-to", "report_to", "Experiment tracker.", ReportTo)
 @click.option("--push-to-hub", is_flag=True, default=None, help="Push the best model to the hub at the end.")
 @click.option("--hub-model-id", help="Hub repository for --push-to-hub.")
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps (smoke runs).")
 @_train_setting("--seed", "seed", "Seed for splits and training.", int)
 def train(config_file: Path | None, recipe: str | None, **values: Any) -> None:
-    """Fine-tune a ViT classifier (the HF cookbook recipe by default).
+    """Fine-tune a ViT classifier (the HF cookbook recipe by default; --model tiny|small train
+    from random init with the from-scratch recipe: lr 1e-3, batch 32, warm-up 5%).
 
     Writes the model (safetensors) with its preprocessing spec, metrics.json, split.csv,
-    plots and a model card into the run folder.
+    plots and a model card into the run folder, and prints the test accuracy beside the
+    majority-class baseline (a warning when the model does not beat it). The defaults shown
+    below are the cookbook's; a recipe replaces them unless the option is given.
     """
     require("train")
     from medvit_edge.train import train as run_training
@@ -91,18 +119,29 @@ def train(config_file: Path | None, recipe: str | None, **values: Any) -> None:
     if config_file:
         cfg = TrainConfig.from_file(config_file, **options, **only_given(recipe=recipe))
     else:
-        cfg = TrainConfig.from_recipe(recipe or "cookbook", **options)  # type: ignore[arg-type]
+        chosen = recipe or default_recipe(options.get("model", COOKBOOK_MODEL))
+        cfg = TrainConfig.from_recipe(chosen, **options)  # type: ignore[arg-type]
+    if "output" not in options and not (cfg.resume or cfg.exist_ok):
+        _new_run_folder(cfg)
+    cfg.progress = cfg.progress and not quiet()
     result = run_training(cfg)
     if not result.main_process:
         return  # one process of a distributed run speaks for all
-    test = result.metrics.get("test")
     click.echo(f"run folder: {result.run_dir}")
+    test = result.metrics.get("test")
     if test:
-        recalls = ", ".join(f"{k} {v['recall']:.3f}" for k, v in test["per_class"].items())
-        click.echo(
-            f"test accuracy {test['accuracy']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}; "
-            f"recall: {recalls}"
-        )
+        line, warnings = result_line(test, "test")
+        click.echo(line)
+        for warning in warnings:
+            click.echo(warning, err=True)
+
+
+def _new_run_folder(cfg: TrainConfig) -> None:
+    """No --output: a default folder that holds a model gives way to the next free name."""
+    chosen = free_run_folder(cfg.output)
+    if chosen != cfg.output:
+        click.echo(f"{cfg.output} holds a trained model: this run goes to {chosen}", err=True)
+        cfg.output = chosen
 
 
 def _config_choice(flag: str, field: str, alias: Any, help_text: str) -> Any:
