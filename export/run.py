@@ -25,6 +25,7 @@ from medvit_edge.errors import UserError
 from medvit_edge.files import sha256_file
 from medvit_edge.manifest import MANIFEST_NAME, Manifest, Validation, VariantRecord
 from medvit_edge.metadata import ModelMetadata
+from medvit_edge.metrics import classification_metrics
 from medvit_edge.recommend import recommend
 from medvit_edge.runtime import Classifier
 from medvit_edge.variants import VARIANTS, Variant
@@ -53,6 +54,8 @@ class ExportValidationError(UserError):
 class ExportResult:
     output: Path
     manifest: Manifest
+    # the PyTorch model's own metrics on the labelled validation images (None: no labels)
+    pytorch_metrics: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[str]:
@@ -62,6 +65,7 @@ class ExportResult:
 def export(cfg: ExportConfig) -> ExportResult:
     """Export every requested variant of ``cfg.run_dir`` into ``cfg.output`` and validate it."""
     exporter = Exporter(cfg)
+    pytorch_metrics = _model_quality(exporter)
     with tempfile.TemporaryDirectory() as scratch:
         exporter.scratch = Path(scratch)
         records = [exporter.build(VARIANTS[name]) for name in cfg.requested_variants()]
@@ -71,13 +75,23 @@ def export(cfg: ExportConfig) -> ExportResult:
     manifest = write_golden(exporter, manifest)  # + onnx/golden/ for `check`
     manifest.write(cfg.output)
     write_folder_card(cfg.output, manifest, exporter.governance)
-    result = ExportResult(cfg.output, manifest)
+    result = ExportResult(cfg.output, manifest, pytorch_metrics)
     if result.failed and not cfg.allow_degraded:
         raise ExportValidationError(
             f"variants outside tolerance: {', '.join(result.failed)} (see {cfg.output / MANIFEST_NAME}); "
             "rerun with --allow-degraded to keep them anyway"
         )
     return result
+
+
+def _model_quality(exporter: Exporter) -> dict[str, Any] | None:
+    """A file "passed" when it gives the PyTorch model's results; whether that model is any good
+    is its accuracy on the labelled validation images, which the CLI prints beside the
+    majority-class baseline (medvit_edge.verdict)."""
+    label_ids = exporter.validation.label_ids
+    if label_ids is None:
+        return None
+    return classification_metrics(label_ids, exporter.reference.argmax(axis=1), exporter.labels)
 
 
 class Exporter:

@@ -36,6 +36,7 @@ from medvit_edge.labelled import SPLIT_ALIASES, LabelledImage, read_labelled_set
 from medvit_edge.manifest import Manifest, to_json_dict
 from medvit_edge.options import validate_literals
 from medvit_edge.system import machine_line
+from medvit_edge.timing import PREPROCESS_AND_MODEL, latency_scope
 from medvit_edge.variants import Device, file_names, tool_files
 
 SYNTHETIC_SIZE = (640, 480)  # width, height of the default frames
@@ -237,7 +238,8 @@ def format_report(report: BenchmarkReport) -> list[str]:
     lines = [
         printable(
             f"{report.machine}; batch {report.batch}, threads {threads}, {report.runs} runs x "
-            f"{report.rounds} rounds (fresh process each), {report.images}; preprocessing + model"
+            f"{report.rounds} rounds (fresh process each); ms per image: "
+            f"{latency_scope(PREPROCESS_AND_MODEL, report.batch, report.images)} (decoding excluded)"
         )
     ]
     table = [list(COLUMNS)] + [_cells(row) for row in report.rows]

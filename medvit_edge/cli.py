@@ -62,11 +62,26 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # the reader went away (`infer ... | head`): stop quietly with 0, as Unix tools do
+            _silence_stdout()
+            ctx.exit(0)
         except (UserError, OSError) as exc:
             if ctx.params.get("debug"):
                 raise
             click.echo(f"Error: {printable(exc)}", err=True)
             ctx.exit(getattr(exc, "exit_code", EXIT_UNUSABLE))
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (a test runner's stream)
+        pass
 
 
 @click.group(

@@ -29,6 +29,7 @@ from medvit_edge.int8_target import TARGETS, host_kind, target_warning, weight_b
 from medvit_edge.manifest import Manifest
 from medvit_edge.metadata import GOVERNANCE_KEYS, MetadataError, ModelMetadata
 from medvit_edge.openvino_backend import backend_installed
+from medvit_edge.recommend import export_latency_scope
 from medvit_edge.runtime import hash_model_file, import_onnxruntime
 
 logger = logging.getLogger(__name__)
@@ -280,7 +281,8 @@ def format_info(info: dict[str, Any]) -> list[str]:
     if speed:
         chosen = "; RECOMMENDED: the fastest validated variant there" if speed["recommended"] else ""
         where = speed.get("measured_on", "the export machine")
-        rows.append(("speed", f"{speed['latency_ms']:.1f} ms per image, batch 1, on {where}{chosen}"))
+        scope = export_latency_scope((info.get("preprocess") or {}).get("size"))
+        rows.append(("speed", f"{speed['latency_ms']:.1f} ms per image ({scope}) on {where}{chosen}"))
     golden = info.get("golden")
     if golden:
         rows.append(("golden", f"{golden.get('images', '?')} images (`medvit-edge check` on a new device)"))

@@ -9,7 +9,10 @@ train, export and evaluate print the same line and the same warnings (on stderr)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medvit_edge.evaluate import EvaluationReport
 
 
 @dataclass(frozen=True)
@@ -69,3 +72,34 @@ def result_line(metrics: dict[str, Any], split: str) -> tuple[str, list[str]]:
     )
     where = f"the {split} split ({found.images} images)" if found else split
     return line, warnings_for(found, where) if found else []
+
+
+def row_verdict(accuracy: float, recall: dict[str, float], matrix: list[list[int]]) -> Verdict | None:
+    """A verdict from one evaluated variant (its confusion matrix gives the class counts)."""
+    per_class = {
+        label: {"recall": recall[label], "support": int(sum(matrix[i]))} for i, label in enumerate(recall)
+    }
+    return verdict({"accuracy": accuracy, "per_class": per_class})
+
+
+def evaluation_verdict(report: EvaluationReport) -> list[str]:
+    """evaluate's baseline line (stdout) and its warnings (lines starting "warning:", stderr):
+    the reference row's, another variant's only where the reference's do not already say it, and
+    the overlap of an external set with the training images."""
+    from medvit_edge.duplicates import overlap_warning
+
+    found = {
+        row.variant: row_verdict(row.accuracy, row.recall, row.confusion_matrix) for row in report.variants
+    }
+    first = next(iter(found.values()), None)
+    if first is None:
+        return []
+    lines = [f"{baseline_text(first)} on these {first.images} images"]
+    for name, one in found.items():
+        if one is not None and one.weak and (name == report.variants[0].variant or not first.weak):
+            lines += [
+                line.replace("warning: ", f"warning: {name}: ", 1)
+                for line in warnings_for(one, "these images")
+            ]
+    warning = overlap_warning(report.training_overlap, report.data)
+    return lines + ([warning] if warning else [])

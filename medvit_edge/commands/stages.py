@@ -20,6 +20,7 @@ from medvit_edge.errors import UserError
 from medvit_edge.export.config import CalibrationMethod, ExportConfig, Int8Mode, TargetChoice
 from medvit_edge.options import choices, field_default, literal_values
 from medvit_edge.progress import quiet
+from medvit_edge.recommend import export_latency_scope
 from medvit_edge.train.config import (
     COOKBOOK_MODEL,
     Attention,
@@ -289,13 +290,36 @@ def export(**values: Any) -> None:
     if given == ParameterSource.COMMANDLINE and values.get("refer_risk") is None:
         raise UserError("--refer-confidence goes with --refer-risk (it certifies the refer rule's risk)")
     result = run_export(ExportConfig(**values))
-    for record in result.manifest.variants:
-        check = record.validation
-        click.echo(
-            f"{record.file:<20} {record.status:<7} {record.size_bytes / 1e6:8.2f} MB  "
-            f"max|Δlogit| {check.max_abs_logit_diff:.2e}  agreement {check.top1_agreement:.2%}"
-        )
+    click.echo("\n".join(export_table(result.manifest)))
     if result.manifest.decision_policy is not None:
         for name, text in result.manifest.decision_policy.describe():
             click.echo(f"{name}: {text}")
+    if result.pytorch_metrics:
+        line, warnings = result_line(result.pytorch_metrics, "validation")
+        click.echo(f"PyTorch model: {line}")
+        for warning in warnings:
+            click.echo(warning, err=True)
     click.echo(f"manifest: {result.output / 'manifest.json'}")
+
+
+def export_table(manifest: Any) -> list[str]:
+    """One row per file, columns as wide as the longest file name; what "passed" and "ms" mean
+    under it."""
+    width = max([len("file")] + [len(record.file) for record in manifest.variants])
+    header = (
+        f"{'file':<{width}}  {'vs PyTorch':<10}  {'size MB':>8}  {'max|Δlogit|':>11}  agreement  ms/image"
+    )
+    lines = [header]
+    for record in manifest.variants:
+        check = record.validation
+        ms = f"{record.latency_ms:.1f}" if record.latency_ms is not None else "-"
+        lines.append(
+            f"{record.file:<{width}}  {record.status:<10}  {record.size_bytes / 1e6:8.2f}  "
+            f"{check.max_abs_logit_diff:11.2e}  {check.top1_agreement:9.2%}  {ms:>8}"
+        )
+    size = manifest.preprocess.get("size") if isinstance(manifest.preprocess, dict) else None
+    lines.append(
+        "vs PyTorch: passed = the file gives the PyTorch model's results within its tolerances "
+        f"(not that the model is good); ms/image: {export_latency_scope(size)}, this machine"
+    )
+    return lines
