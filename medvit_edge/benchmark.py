@@ -35,6 +35,7 @@ from medvit_edge.freshness import refuse_stale_file
 from medvit_edge.labelled import SPLIT_ALIASES, LabelledImage, read_labelled_set
 from medvit_edge.manifest import Manifest, to_json_dict
 from medvit_edge.options import validate_literals
+from medvit_edge.progress import Progress
 from medvit_edge.system import machine_line
 from medvit_edge.timing import PREPROCESS_AND_MODEL, latency_scope
 from medvit_edge.variants import Device, file_names, tool_files
@@ -53,6 +54,7 @@ class BenchmarkConfig:
     runs: int = 20
     rounds: int = 3
     device: Device = "cpu"
+    progress: bool = True  # one line per model run on stderr
 
     def __post_init__(self) -> None:
         validate_literals(self)
@@ -63,7 +65,7 @@ class BenchmarkConfig:
         if not self.models:
             raise UserError("name at least one model file or folder")
         if self.batch < 1 or self.runs < 1 or self.rounds < 1:
-            raise UserError("--batch, --runs and --rounds must be at least 1")
+            raise UserError("--batch-size, --runs and --rounds must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be at least 1, got {self.threads}")
 
@@ -114,12 +116,15 @@ def benchmark(cfg: BenchmarkConfig) -> BenchmarkReport:
     labelled = _labelled(cfg)
     rows = [BenchmarkRow(str(path), error=error) for path, error in expand_models(cfg.models)]
     samples: list[list[dict[str, Any]]] = [[] for _ in rows]
+    progress = Progress(cfg.rounds * sum(row.ok for row in rows), unit="model runs", enabled=cfg.progress)
     for round_number in range(cfg.rounds):
         for row, found in zip(rows, samples):
             if row.ok:
                 result = run_worker(_job(cfg, row.model, labelled, first=round_number == 0))
                 row.error = result.get("error", "")
                 found.append(result)
+                progress.update(note=f"round {round_number + 1}/{cfg.rounds}: {Path(row.model).name}")
+    progress.close()
     for row, found in zip(rows, samples):
         if row.ok:
             _summarise(row, found)

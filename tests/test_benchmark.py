@@ -56,7 +56,7 @@ def test_accuracy_is_what_the_classifier_gets_on_the_labelled_images(
 
 
 def test_table_and_json(tiny_export: Path) -> None:
-    args = ["benchmark", str(tiny_export / "model.onnx"), "--runs", "2", "--rounds", "1", "--batch", "3"]
+    args = ["benchmark", str(tiny_export / "model.onnx"), "--runs", "2", "--rounds", "1", "--batch-size", "3"]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0, result.output
     header = result.output.splitlines()[1]
