@@ -237,7 +237,8 @@ class _ExportCommand(click.Command):
     "--openvino",
     is_flag=True,
     help="Also write OpenVINO IR variants: model.openvino.xml (fp32), and with --int8 "
-    "model.openvino-int8.xml (NNCF post-training int8); each with its .bin. Needs [openvino-export] (OpenVINO and NNCF; running the IRs needs only [openvino]).",
+    "model.openvino-int8.xml (NNCF post-training int8); each with its .bin. Needs "
+    "[openvino-export] (OpenVINO and NNCF); running the IRs needs only [openvino].",
 )
 @click.option(
     "--optimize/--no-optimize",
