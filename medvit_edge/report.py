@@ -90,6 +90,14 @@ def latency_note(report: EvaluationReport) -> str:
     )
 
 
+def _verdict_lines(report: EvaluationReport) -> list[str]:
+    """The majority-class baseline and evaluate's warnings, as the command prints them."""
+    from medvit_edge.verdict import evaluation_verdict
+
+    found = evaluation_verdict(report)
+    return [f"- {line.replace('warning: ', '**Warning:** ', 1)}" for line in found] + ([""] if found else [])
+
+
 def render_markdown(report: EvaluationReport) -> str:
     labels, rows = report.labels, report.variants
     lines = [
@@ -106,6 +114,7 @@ def render_markdown(report: EvaluationReport) -> str:
         "",
         *summary_table(rows, labels),
         "",
+        *_verdict_lines(report),
         *_per_class(rows, labels),
         *_calibration_lines(report),
         *_operating_point_lines(report),

@@ -59,10 +59,10 @@ def test_table_and_json(tiny_export: Path) -> None:
     args = ["benchmark", str(tiny_export / "model.onnx"), "--runs", "2", "--rounds", "1", "--batch-size", "3"]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0, result.output
-    header = result.output.splitlines()[1]
+    header = result.stdout.splitlines()[1]
     for column in ("model", "variant", "load s", "p50 ms/img", "p95 ms/img", "img/s", "peak RSS MB"):
         assert column in header
-    assert "batch 3" in result.output.splitlines()[0]
+    assert "batch 3" in result.stdout.splitlines()[0]
     data = json.loads(CliRunner().invoke(cli.main, [*args, "--json"]).output)
     (row,) = data["rows"]
     assert row["variant"] == "fp32" and row["p50_ms"] > 0 and data["batch"] == 3

@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from medvit_edge import cli
-from medvit_edge.checkpoint import free_run_folder
+from medvit_edge.checkpoint import free_run_folder, weights_sha256
+from medvit_edge.files import sha256_file
 
 from .conftest import REPO, needs_export
 
@@ -144,3 +145,18 @@ def test_infer_into_a_closed_pipe_exits_quietly(tiny_export: Path, phantom_dir: 
     )
     assert done.returncode == 0, done.stderr
     assert "Broken pipe" not in done.stderr and "Error" not in done.stderr, done.stderr
+
+
+def test_the_weights_digest_follows_the_weights(tiny_run: Path, tmp_path: Path) -> None:
+    """The digest beside the weights is read while it is newer than them, and redone after."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run / "model.safetensors", run / "model.safetensors")
+    digest = run / "model.safetensors.sha256"
+    assert not digest.exists()
+    assert weights_sha256(run) == sha256_file(run / "model.safetensors")
+    assert digest.read_text().split() == [sha256_file(run / "model.safetensors"), "model.safetensors"]
+    with open(run / "model.safetensors", "ab") as handle:  # other weights, same file
+        handle.write(b"\0")
+    assert weights_sha256(run) == sha256_file(run / "model.safetensors")
+    assert digest.read_text().split()[0] == sha256_file(run / "model.safetensors")

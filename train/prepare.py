@@ -80,7 +80,9 @@ def duplicate_warnings(leakage: dict[str, Any]) -> list[str]:
         )
     if conflicts:
         first = conflicts[0]
-        example = ", ".join(f"{k} ({label})" for k, label in zip(first["images"][:2], first["labels"][:2]))
+        pairs = list(zip(first["images"], first["labels"]))
+        other = next(pair for pair in pairs if pair[1] != pairs[0][1])  # a conflict has two labels
+        example = ", ".join(f"{k} ({label})" for k, label in (pairs[0], other))
         lines.append(
             f"data: {len(conflicts)} near-duplicate group(s) carry different labels (e.g. {example}); "
             "see data_report.json"
