@@ -20,7 +20,7 @@ from medvit_edge import cli
 from medvit_edge.checkpoint import free_run_folder, weights_sha256
 from medvit_edge.files import sha256_file
 
-from .conftest import REPO, needs_export
+from .conftest import REPO, needs_export, needs_torch
 
 
 def _cli(*args: object) -> Result:
@@ -160,3 +160,23 @@ def test_the_weights_digest_follows_the_weights(tiny_run: Path, tmp_path: Path) 
         handle.write(b"\0")
     assert weights_sha256(run) == sha256_file(run / "model.safetensors")
     assert digest.read_text().split()[0] == sha256_file(run / "model.safetensors")
+
+
+@needs_torch
+def test_resumed_training_reports_the_checkpoints_best(capsys: pytest.CaptureFixture[str]) -> None:
+    """The "(best ...)" of the epoch lines starts from the resumed checkpoint's best, as
+    metrics.json does, not from the first evaluation after resuming."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerState
+
+    from medvit_edge.progress import set_quiet
+    from medvit_edge.train.trainer import ProgressCallback
+
+    set_quiet(False)
+    state = TrainerState(epoch=5.0, global_step=50, max_steps=100, best_metric=0.9)
+    callback = ProgressCallback("balanced_accuracy", enabled=False)
+    args = SimpleNamespace(num_train_epochs=10)
+    callback.on_train_begin(args, state, None)
+    callback.on_evaluate(args, state, None, metrics={"eval_balanced_accuracy": 0.5, "eval_loss": 1.0})
+    assert "balanced_accuracy 0.5000 (best 0.9000)" in capsys.readouterr().err
