@@ -94,7 +94,10 @@ def evaluation_verdict(report: EvaluationReport) -> list[str]:
     first = next(iter(found.values()), None)
     if first is None:
         return []
-    lines = [f"{baseline_text(first)} on these {first.images} images"]
+    lines = [
+        f"majority-class baseline on these {first.images} images: {first.baseline:.3f} "
+        f"(always '{first.majority}')"
+    ]
     for name, one in found.items():
         if one is not None and one.weak and (name == report.variants[0].variant or not first.weak):
             lines += [
