@@ -123,7 +123,8 @@ def benchmark(cfg: BenchmarkConfig) -> BenchmarkReport:
                 result = run_worker(_job(cfg, row.model, labelled, first=round_number == 0))
                 row.error = result.get("error", "")
                 found.append(result)
-                progress.update(note=f"round {round_number + 1}/{cfg.rounds}: {Path(row.model).name}")
+                if row.ok:  # a failed run says so in its row (or in the one error line), not here
+                    progress.update(note=f"round {round_number + 1}/{cfg.rounds}: {Path(row.model).name}")
     progress.close()
     for row, found in zip(rows, samples):
         if row.ok:

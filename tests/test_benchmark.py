@@ -63,7 +63,7 @@ def test_table_and_json(tiny_export: Path) -> None:
     for column in ("model", "variant", "load s", "p50 ms/img", "p95 ms/img", "img/s", "peak RSS MB"):
         assert column in header
     assert "batch 3" in result.stdout.splitlines()[0]
-    data = json.loads(CliRunner().invoke(cli.main, [*args, "--json"]).output)
+    data = json.loads(CliRunner().invoke(cli.main, [*args, "--json"]).stdout)  # progress: stderr
     (row,) = data["rows"]
     assert row["variant"] == "fp32" and row["p50_ms"] > 0 and data["batch"] == 3
 
