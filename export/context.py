@@ -21,6 +21,7 @@ from medvit_edge.errors import UserError
 from medvit_edge.files import sha256_file
 from medvit_edge.io.checkpoint import load_spec
 from medvit_edge.runtime.classifier import Classifier
+from medvit_edge.runtime.freshness import weights_sha256
 from medvit_edge.runtime.manifest import Manifest, Validation, VariantRecord
 from medvit_edge.runtime.metadata import ModelMetadata
 from medvit_edge.runtime.policy import DecisionPolicy
@@ -98,7 +99,7 @@ class ExportContext:
             validation=validation,
             reference=reference,
             policy=export_policy(cfg, reference, validation, labels),  # one for all
-            source_sha256=sha256_file(weights[0]),
+            source_sha256=weights_sha256(cfg.run_dir) or sha256_file(weights[0]),
             versions=software_versions(EXPORT_SOFTWARE),
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             governance=read_governance(cfg.run_dir, cfg.model_version),

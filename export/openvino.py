@@ -12,8 +12,8 @@ images as static ONNX int8). Metadata goes into the IR's runtime info (``write_i
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,16 +44,22 @@ def openvino_to_int8(
 ) -> dict[str, Any]:
     """NNCF post-training quantization of the converted fp32 graph; returns the settings used
     (the file's ``quantization`` metadata)."""
+    # NNCF imports torch's C++-extension helper, which warns "No CUDA runtime is found, using
+    # CUDA_HOME=..." on machines with a CUDA toolkit but no GPU: nothing here builds extensions
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import nncf
     import openvino as ov
 
+    nncf.set_log_level(logging.WARNING)
     model = ov.convert_model(str(source))
     present = {op.get_friendly_name() for op in model.get_ordered_ops()}
     # the guard's names come from model.onnx: keep the ones the converted graph has
     kept_float = [name for name in exclude if name in present]
     samples = [calibration[i : i + 1] for i in range(len(calibration))]  # one image per sample
-    # NNCF draws its progress bars on stdout, where the CLI prints results: send them to stderr
-    with contextlib.redirect_stdout(sys.stderr):
+    # NNCF draws rich progress bars (statistics collection, bias correction) on stdout, where the
+    # CLI prints results, and they garble logs: swallowed, one line of ours instead
+    logger.info("NNCF int8: calibrating on %d images (minutes for a large model)", len(samples))
+    with contextlib.redirect_stdout(io.StringIO()):
         quantized = _quantize(nncf, model, samples, settings, kept_float)
     save_ir(ov, quantized, target)
     return {

@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from medvit_edge.errors import UserError
+from medvit_edge.evaluation.metrics import classification_metrics
 from medvit_edge.runtime.manifest import MANIFEST_NAME, Manifest, VariantRecord
 from medvit_edge.runtime.recommend import LATENCY_RUNS, classifier_ms, recommend
 from medvit_edge.runtime.variants import VARIANTS, Variant
@@ -45,6 +47,10 @@ class ExportValidationError(UserError):
 class ExportResult:
     output: Path
     manifest: Manifest
+    # the PyTorch model's own metrics on the labelled validation images (None: no labels)
+    pytorch_metrics: dict[str, Any] | None = None
+    # the PyTorch model's own metrics on the labelled validation images (None: no labels)
+    pytorch_metrics: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[str]:
@@ -54,6 +60,7 @@ class ExportResult:
 def export(cfg: ExportConfig) -> ExportResult:
     """Export every requested variant of ``cfg.run_dir`` into ``cfg.output`` and validate it."""
     ctx = ExportContext.prepare(cfg)
+    pytorch_metrics = _model_quality(ctx)
     choose_golden_frames(ctx)
     exporter = Exporter(ctx)
     with tempfile.TemporaryDirectory() as scratch:
@@ -65,13 +72,33 @@ def export(cfg: ExportConfig) -> ExportResult:
     manifest = write_golden(ctx, manifest)  # + onnx/golden/ for `check`
     manifest.write(cfg.output)
     write_folder_card(cfg.output, manifest, ctx.governance)
-    result = ExportResult(cfg.output, manifest)
+    result = ExportResult(cfg.output, manifest, pytorch_metrics)
     if result.failed and not cfg.allow_degraded:
         raise ExportValidationError(
             f"variants outside tolerance: {', '.join(result.failed)} (see {cfg.output / MANIFEST_NAME}); "
             "rerun with --allow-degraded to keep them anyway"
         )
     return result
+
+
+def _model_quality(exporter: Exporter) -> dict[str, Any] | None:
+    """A file "passed" when it gives the PyTorch model's results; whether that model is any good
+    is its accuracy on the labelled validation images, which the CLI prints beside the
+    majority-class baseline (medvit_edge.evaluation.verdict)."""
+    label_ids = exporter.validation.label_ids
+    if label_ids is None:
+        return None
+    return classification_metrics(label_ids, exporter.reference.argmax(axis=1), exporter.labels)
+
+
+def _model_quality(ctx: ExportContext) -> dict[str, Any] | None:
+    """A file "passed" when it gives the PyTorch model's results; whether that model is any good
+    is its accuracy on the labelled validation images, which the CLI prints beside the
+    majority-class baseline (medvit_edge.evaluation.verdict)."""
+    label_ids = ctx.validation.label_ids
+    if label_ids is None:
+        return None
+    return classification_metrics(label_ids, ctx.reference.argmax(axis=1), ctx.labels)
 
 
 class Exporter:

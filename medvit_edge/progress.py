@@ -8,12 +8,24 @@ from typing import TextIO
 
 from medvit_edge.errors import printable
 
+_quiet = False
+
+
+def set_quiet(value: bool) -> None:
+    """``medvit-edge -q``: no progress bars or lines from any command."""
+    global _quiet
+    _quiet = value
+
+
+def quiet() -> bool:
+    return _quiet
+
 
 class Progress:
     """Redraws one line on a terminal; elsewhere (logs, CI) prints at most every 10%."""
 
     def __init__(self, total: int, unit: str = "items", enabled: bool = True, stream: TextIO | None = None):
-        self.total, self.unit, self.enabled = total, unit, enabled
+        self.total, self.unit, self.enabled = total, unit, enabled and not _quiet
         self.stream = stream or sys.stderr
         self.done = 0
         self.started = time.perf_counter()

@@ -56,14 +56,14 @@ def test_accuracy_is_what_the_classifier_gets_on_the_labelled_images(
 
 
 def test_table_and_json(tiny_export: Path) -> None:
-    args = ["benchmark", str(tiny_export / "model.onnx"), "--runs", "2", "--rounds", "1", "--batch", "3"]
+    args = ["benchmark", str(tiny_export / "model.onnx"), "--runs", "2", "--rounds", "1", "--batch-size", "3"]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0, result.output
-    header = result.output.splitlines()[1]
+    header = result.stdout.splitlines()[1]
     for column in ("model", "variant", "load s", "p50 ms/img", "p95 ms/img", "img/s", "peak RSS MB"):
         assert column in header
-    assert "batch 3" in result.output.splitlines()[0]
-    data = json.loads(CliRunner().invoke(cli.main, [*args, "--json"]).output)
+    assert "batch 3" in result.stdout.splitlines()[0]
+    data = json.loads(CliRunner().invoke(cli.main, [*args, "--json"]).stdout)  # progress: stderr
     (row,) = data["rows"]
     assert row["variant"] == "fp32" and row["p50_ms"] > 0 and data["batch"] == 3
 

@@ -135,6 +135,23 @@ def test_labels_of_coinciding_markers_do_not_overlap() -> None:
     assert spots[3][2] == "right"  # no room on the right of the edge marker
 
 
+def test_leader_lines_of_a_crowded_latency_chart_do_not_cross() -> None:
+    """Six variants of the BUSI report, four of them within 1 ms at one accuracy: no label's
+    leader line crosses another's or runs through a label."""
+    from medvit_edge.evaluation.report_plots import _segments_cross
+
+    size = (495.0, 250.0)
+    markers = [(69.0, 136.0), (96.0, 114.0), (162.0, 114.0), (177.0, 114.0), (201.0, 114.0), (312.0, 114.0)]
+    names = ["openvino-int8", "fp32", "int8-dynamic", "openvino-fp32", "fp16", "pytorch-fp32"]
+    texts = [f"{name} (11.4 MB)" for name in names]
+    spots = place_labels(markers, texts, size)
+    leaders = [(mx, my, mx + dx, my + dy) for (mx, my), (dx, dy, _) in zip(markers, spots)]
+    for i, a in enumerate(leaders):
+        for b in leaders[i + 1 :]:
+            assert not _segments_cross(a, b), (a, b)
+    assert _segments_cross((0, 0, 10, 10), (0, 10, 10, 0))  # the check itself sees a crossing
+
+
 def test_default_policy_decides_the_argmax(rng: np.random.Generator) -> None:
     truth, logits = _logits(rng, 60)
     outcome = evaluate_policy(logits, truth, LABELS, DecisionPolicy())

@@ -16,6 +16,7 @@ pytestmark = needs_torch
 
 RUN_OUTPUTS = [
     "model.safetensors",
+    "model.safetensors.sha256",  # what a stale export is detected by
     "config.json",
     "preprocessor_config.json",
     "preprocess.json",

@@ -7,6 +7,7 @@ import csv
 import http.server
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -20,7 +21,10 @@ from medvit_edge.io.labelled import read_labelled_set
 
 from .conftest import needs_torch
 
-OFFLINE_HINT = "use --model tiny|small and a local --data folder or CSV to train offline"
+OFFLINE_HINT = (
+    "use --model tiny|small (random init, the from-scratch recipe by default) and a local --data "
+    "folder or split CSV to train offline"
+)
 
 
 def _write_csv(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...] = ("path", "label")) -> Path:
@@ -302,7 +306,7 @@ def test_offline_dataset_fails_at_once_without_a_request(
     pytest.importorskip("datasets")
     hub_at(closed_port)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match=f"not in the local Hugging Face cache: {OFFLINE_HINT}"):
+    with pytest.raises(UserError, match=re.escape(f"not in the local Hugging Face cache: {OFFLINE_HINT}")):
         _prepare("emre570/breastcancer-ultrasound-images")
     assert requests_sent == []
 

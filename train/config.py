@@ -17,6 +17,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Attention = Literal["sdpa", "eager"]
 ReportTo = Literal["none", "wandb", "tensorboard"]
 Recipe = Literal["cookbook", "from-scratch"]
+TrainDevice = Literal["auto", "cpu", "cuda"]
 
 # Named recipes: settings that differ from the dataclass defaults (the cookbook's fine-tuning).
 # "from-scratch" is for the offline presets (tiny, small) trained from random init: such a ViT
@@ -34,6 +35,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         "dataloader_workers": 0,
     },
 }
+# The offline presets (train/models.py) start from random init: the from-scratch recipe is theirs
+# unless another is named (the cookbook's 2e-5 barely moves a random ViT).
+PRESET_MODELS = ("tiny", "small")
+
+
+def default_recipe(model: str) -> Recipe:
+    """The recipe a model gets when none is named: from-scratch for the presets, else cookbook."""
+    return "from-scratch" if model in PRESET_MODELS else "cookbook"
 
 
 @dataclass
@@ -60,11 +69,13 @@ class TrainConfig:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     class_weighted_loss: bool = False
     precision: Precision = "auto"
+    device: TrainDevice = "auto"  # auto: a CUDA GPU when torch sees one, else the CPU
     attn_implementation: Attention = "sdpa"
     dataloader_workers: int = 2
     gradient_checkpointing: bool = False
     torch_compile: bool = False
     resume: bool = False
+    exist_ok: bool = False  # train into a folder that holds a model (overwrites it; not resume)
     report_to: ReportTo = "none"
     push_to_hub: bool = False
     hub_model_id: str | None = None
@@ -78,10 +89,13 @@ class TrainConfig:
         "other"  # the trained model's licence, for its model card (base model and data licences apply)
     )
     extra: dict[str, Any] = field(default_factory=dict)  # passed to TrainingArguments
+    recipe: Recipe = "cookbook"  # the named settings this started from (from_recipe sets it)
+    given: tuple[str, ...] = ()  # the settings set over the recipe (said so in the log)
 
     def __post_init__(self) -> None:
         validate_literals(self)
         self.output = Path(self.output)
+        self.given = tuple(self.given)
         self.crop_scale = (float(self.crop_scale[0]), float(self.crop_scale[1]))
         if self.train_batch_size < 1 or self.eval_batch_size < 1:
             raise UserError("batch sizes must be >= 1")
@@ -97,11 +111,14 @@ class TrainConfig:
         """A named recipe's settings, then ``overrides`` (which win)."""
         if recipe not in RECIPES:
             raise UserError(f"unknown recipe {recipe!r}; one of {', '.join(RECIPES)}")
-        return cls(**{**RECIPES[recipe], **overrides})
+        overrides.pop("recipe", None)
+        given = tuple(overrides.pop("given", ())) or tuple(sorted(overrides))
+        return cls(**{**RECIPES[recipe], **overrides}, recipe=recipe, given=given)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["output"] = str(self.output)
+        data["given"] = list(self.given)
         return data
 
     @classmethod
@@ -114,7 +131,7 @@ class TrainConfig:
         if unknown:
             raise UserError(f"{path}: unknown training settings {sorted(unknown)}")
         data.update({key: value for key, value in overrides.items() if value is not None})
-        recipe = data.pop("recipe", "cookbook")
+        recipe = data.pop("recipe", None) or default_recipe(str(data.get("model", COOKBOOK_MODEL)))
         try:
             return cls.from_recipe(recipe, **data)
         except UserError as exc:

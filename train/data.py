@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from medvit_edge.errors import UserError, printable
+from medvit_edge.io.duplicates import dhash, hamming_matrix  # noqa: F401  (dhash: prepare imports it here)
 from medvit_edge.io.inputs import InputFile, walk_folder
 from medvit_edge.io.labelled import SPLIT_ALIASES, read_class_folders, read_split_csv
 from medvit_edge.io.reader import read_labelled_image
@@ -161,18 +162,6 @@ def _from_hub(dataset_id: str) -> tuple[list[Sample], list[str], bool]:
             name = names[label] if isinstance(label, int) else str(label)
             samples.append(Sample(f"hub:{hub_split}/{index}", name, split, None, (dataset, index)))
     return samples, names, True
-
-
-def dhash(image: Image.Image, hash_size: int = 16) -> np.ndarray:
-    """Difference hash: ``hash_size**2`` bits saying whether each pixel is brighter than its left."""
-    grey = image.convert("L").resize((hash_size + 1, hash_size), Image.Resampling.LANCZOS)
-    pixels = np.asarray(grey, dtype=np.int16)
-    return (pixels[:, 1:] > pixels[:, :-1]).ravel()
-
-
-def hamming_matrix(hashes: np.ndarray) -> np.ndarray:
-    bits = hashes.astype(np.float32)
-    return (bits @ (1 - bits).T + (1 - bits) @ bits.T).astype(np.int32)
 
 
 def duplicate_groups(hashes: np.ndarray, max_distance: int) -> list[int]:

@@ -96,12 +96,13 @@ def effective_batch(args: Any) -> dict[str, Any]:
     }
 
 
-def describe_batch(batch: dict[str, Any]) -> str:
+def describe_batch(batch: dict[str, Any], source: str = "as given") -> str:
+    """``source``: where the learning rate came from ("as given", "from-scratch recipe")."""
     return (
         f"batch {batch['per_device_batch_size']} per device × {batch['processes']} "
         f"process{'es' if batch['processes'] != 1 else ''} × {batch['gradient_accumulation_steps']} "
         f"accumulation = {batch['effective_batch_size']} per optimizer step; "
-        f"learning rate {batch['learning_rate']:g} (as given, not scaled)"
+        f"learning rate {batch['learning_rate']:g} ({source}, not scaled with the batch)"
     )
 
 

@@ -14,7 +14,10 @@ Kind = Literal["model", "dataset"]
 
 # Long enough for a slow link to answer, short enough that a black-holed network fails fast.
 HUB_TIMEOUT_S = 5.0
-OFFLINE_HINT = "use --model tiny|small and a local --data folder or CSV to train offline"
+OFFLINE_HINT = (
+    "use --model tiny|small (random init, the from-scratch recipe by default) and a local --data "
+    "folder or split CSV to train offline"
+)
 _TRUE = {"1", "on", "yes", "true"}  # huggingface_hub's own reading of its boolean variables
 
 

@@ -61,9 +61,33 @@ def prepare_data(cfg: TrainConfig) -> DataBundle:
     leakage["unreadable_images"] = unreadable
     leakage["warnings"] = [f"skipped an unreadable image: {error}" for error in unreadable]
     leakage["warnings"] += missing_class_warnings(samples, labels)
-    for warning in leakage["warnings"]:
+    for warning in leakage["warnings"] + duplicate_warnings(leakage):
         logger.warning("%s", printable(warning))  # on screen too, not only in data_report.json
     return DataBundle(samples, labels, cfg.data, notes, leakage)
+
+
+def duplicate_warnings(leakage: dict[str, Any]) -> list[str]:
+    """Near-duplicates across splits (test scores then flatter the model) and with conflicting
+    labels (the model is taught both answers), one line each with an example."""
+    lines = []
+    cross, conflicts = leakage["cross_split_groups"], leakage["label_conflict_groups"]
+    if cross:
+        first = cross[0]
+        example = ", ".join(f"{k} ({s})" for k, s in zip(first["images"][:2], first["splits"][:2]))
+        lines.append(
+            f"data: {len(cross)} near-duplicate group(s) straddle splits (e.g. {example}): scores on "
+            "those splits may be optimistic; see data_report.json"
+        )
+    if conflicts:
+        first = conflicts[0]
+        pairs = list(zip(first["images"], first["labels"]))
+        other = next(pair for pair in pairs if pair[1] != pairs[0][1])  # a conflict has two labels
+        example = ", ".join(f"{k} ({label})" for k, label in (pairs[0], other))
+        lines.append(
+            f"data: {len(conflicts)} near-duplicate group(s) carry different labels (e.g. {example}); "
+            "see data_report.json"
+        )
+    return lines
 
 
 def missing_class_warnings(samples: list[Sample], labels: list[str]) -> list[str]:

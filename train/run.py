@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from medvit_edge.errors import UserError
 from medvit_edge.evaluation.metrics import classification_metrics, flat_metrics
 from medvit_edge.files import write_json_atomic
-from medvit_edge.io.checkpoint import save_model
+from medvit_edge.io.checkpoint import holds_model, save_model
 
 from .config import TrainConfig
 from .data import DataBundle, Sample
@@ -84,10 +85,21 @@ def train(cfg: TrainConfig) -> TrainResult:
     # transformers warns on every checkpoint rotation on filesystems with coarse mtimes; it
     # falls back to step numbers, which is what we want anyway.
     warnings.filterwarnings("ignore", message="mtime may not be reliable")
+    refuse_reuse(cfg)
     args = training_arguments(cfg)  # under a launcher, this joins the process group
     main = args.process_index == 0
     with quiet_replicas(main):
         return _train(cfg, args, main)
+
+
+def refuse_reuse(cfg: TrainConfig) -> None:
+    """A run folder that holds a model is never overwritten silently: its exports and reports
+    would then describe another model."""
+    if holds_model(cfg.output) and not (cfg.resume or cfg.exist_ok):
+        raise UserError(
+            f"{cfg.output}: holds a trained model already; --resume continues it, --exist-ok "
+            "trains over it (export it again afterwards), or choose another --output"
+        )
 
 
 def _train(cfg: TrainConfig, args: Any, main: bool) -> TrainResult:
@@ -101,7 +113,8 @@ def _train(cfg: TrainConfig, args: Any, main: bool) -> TrainResult:
     model, spec = load_model(cfg.model, bundle.labels, cfg.attn_implementation)
     parameters = sum(p.numel() for p in model.parameters())
     batch = effective_batch(args)
-    logger.info("%s", describe_batch(batch))
+    source = "as given" if "learning_rate" in cfg.given else f"{cfg.recipe} recipe"
+    logger.info("%s", describe_batch(batch, source))
     if main:
         # a checkpoint holds weights + 2 Adam moments: ~12 bytes/param, times kept checkpoints + final
         check_output_writable(run_dir, 12 * parameters * (cfg.save_total_limit + 1))
@@ -165,7 +178,10 @@ def training_arguments(cfg: TrainConfig) -> Any:
 
     from .trainer import precision_flags
 
-    cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    if cfg.device == "cuda" and not cuda:
+        raise UserError("--device cuda: torch sees no CUDA GPU here (use --device cpu or auto)")
+    cpu_ddp = not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if cpu_ddp:
         # accelerate names rank N's device "cpu:N", and resuming then fails: torch.load cannot
         # map the optimizer state saved from "cpu:0" there. "cpu" is the same device for all.
@@ -196,14 +212,14 @@ def training_arguments(cfg: TrainConfig) -> Any:
         gradient_checkpointing=cfg.gradient_checkpointing,
         torch_compile=cfg.torch_compile,
         disable_tqdm=True,  # our ProgressCallback draws the bar
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=cuda,
         save_safetensors=True,
         # every ViT parameter gets a gradient: skip DDP's per-step search for unused ones
         ddp_find_unused_parameters=False,
         # launched on CPUs only, accelerate runs DDP (gloo) only when told the run is CPU: else
         # each process would train a model of its own
-        use_cpu=cpu_ddp,
-        **precision_flags(cfg.precision),
+        use_cpu=cpu_ddp or cfg.device == "cpu",
+        **precision_flags(cfg.precision, cuda),
     )
     return TrainingArguments(**{**settings, **cfg.extra})
 

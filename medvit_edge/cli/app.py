@@ -20,6 +20,7 @@ import click
 
 from medvit_edge.cli import benchmark, reports, run, serve, stages
 from medvit_edge.errors import EXIT_UNUSABLE, UserError, printable
+from medvit_edge.progress import set_quiet
 
 
 def _version() -> str:
@@ -60,6 +61,10 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # the reader went away (`infer ... | head`): stop quietly with 0, as Unix tools do
+            _silence_stdout()
+            ctx.exit(0)
         except (UserError, OSError) as exc:
             if ctx.params.get("debug"):
                 raise
@@ -67,12 +72,25 @@ class _Commands(click.Group):
             ctx.exit(getattr(exc, "exit_code", EXIT_UNUSABLE))
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (a test runner's stream)
+        pass
+
+
 @click.group(
     cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
 @click.version_option(_version(), prog_name="medvit-edge")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr.")
-@click.option("-q", "--quiet", "quiet_logs", is_flag=True, help="Only warnings and errors on stderr.")
+@click.option(
+    "-q", "--quiet", "quiet_logs", is_flag=True, help="Only warnings and errors on stderr (no progress)."
+)
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 def main(verbose: int, quiet_logs: bool, debug: bool) -> None:
     """Fine-tune a ViT on medical images, export it to ONNX (fp32/fp16/int8) and run it on
@@ -91,6 +109,7 @@ def main(verbose: int, quiet_logs: bool, debug: bool) -> None:
     2 the model, data or arguments cannot be used (one line says why).
     """
     configure_logging(verbose, quiet_logs)
+    set_quiet(quiet_logs)
 
 
 for command in (

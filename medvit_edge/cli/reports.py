@@ -10,7 +10,8 @@ import click
 from medvit_edge.cli.common import existing_path, require
 from medvit_edge.demo.run import DemoConfig
 from medvit_edge.evaluation.evaluate import EvaluateConfig
-from medvit_edge.options import field_default
+from medvit_edge.options import choices, field_default
+from medvit_edge.runtime.variants import Device
 
 
 @click.command()
@@ -37,9 +38,21 @@ from medvit_edge.options import field_default
     help="Include the PyTorch model (needs torch).",
 )
 @click.option("--threads", type=int, help="Threads for every model.")
+@click.option(
+    "--device",
+    type=click.Choice(choices(Device)),
+    default=field_default(EvaluateConfig, "device"),
+    show_default=True,
+    help="Where the ONNX files run (PyTorch runs on the CPU).",
+)
 @click.option("--no-plots", "plots", flag_value=False, default=True, help="Skip the PNG plots.")
 def evaluate(**values: Any) -> None:
     """Compare the PyTorch model and every ONNX variant of RUN_DIR on the same labelled images.
+
+    RUN_DIR is a run folder (its onnx/ and weights), or any folder of model files, such as a
+    deployed one holding a single file (then pass --data; --no-pytorch needs no fp32 file).
+    Prints the majority-class baseline beside the accuracy, and warns when the model does not
+    beat it, when a class is never recognised, or when --data overlaps the run's training images.
 
     Writes report.md, report.json and plots: accuracy, recall and specificity per class (Wilson
     95% intervals), AUC and balanced accuracy (bootstrap intervals), calibration before/after the
@@ -48,11 +61,15 @@ def evaluate(**values: Any) -> None:
     """
     require("runtime")
     from medvit_edge.evaluation.evaluate import evaluate as run_evaluate
-    from medvit_edge.evaluation.report import summary_table
+    from medvit_edge.evaluation.report import latency_note, summary_table
+    from medvit_edge.evaluation.verdict import evaluation_verdict
 
     cfg = EvaluateConfig(**values)
     report = run_evaluate(cfg)
     click.echo("\n".join(summary_table(report.variants, report.labels)))
+    click.echo(latency_note(report))
+    for line in evaluation_verdict(report):
+        click.echo(line, err=line.startswith("warning:"))
     click.echo(f"report: {cfg.output / 'report.md' if cfg.output else ''}")
 
 

@@ -16,9 +16,22 @@ from medvit_edge.cli.common import (
     require,
 )
 from medvit_edge.errors import UserError
+from medvit_edge.evaluation.verdict import result_line
 from medvit_edge.export.config import CalibrationMethod, ExportConfig, Int8Mode, TargetChoice
+from medvit_edge.io.checkpoint import free_run_folder
 from medvit_edge.options import choices, field_default, literal_values
-from medvit_edge.train.config import Attention, Precision, Recipe, ReportTo, TrainConfig
+from medvit_edge.progress import quiet
+from medvit_edge.runtime.recommend import export_latency_scope
+from medvit_edge.train.config import (
+    COOKBOOK_MODEL,
+    Attention,
+    Precision,
+    Recipe,
+    ReportTo,
+    TrainConfig,
+    TrainDevice,
+    default_recipe,
+)
 
 
 def _train_setting(flag: str, field: str, help_text: str, kind: Any = str) -> Any:
@@ -37,12 +50,18 @@ def _train_setting(flag: str, field: str, help_text: str, kind: Any = str) -> An
 @click.command()
 @_train_setting("--model", "model", "Hub id, save_pretrained folder, or preset: tiny, small.")
 @_train_setting("--data", "data", "Hub dataset id, class-folder directory, or split CSV.")
-@_train_setting("--output", "output", "Run folder.", click.Path(path_type=Path))
+@_train_setting(
+    "--output",
+    "output",
+    "Run folder. Given, it must not hold a model (see --resume, --exist-ok); not given, an "
+    "occupied models/run becomes models/run-2, -3, ... (said on stderr).",
+    click.Path(path_type=Path),
+)
 @click.option(
     "--recipe",
     type=click.Choice(choices(Recipe)),
-    help="Named settings to start from: cookbook (fine-tuning) or from-scratch (tiny/small presets). "
-    "[default: cookbook]",
+    help="Named settings to start from: cookbook (fine-tuning a hub model) or from-scratch "
+    "(random init). [default: from-scratch for --model tiny|small, else cookbook]",
 )
 @_train_setting("--epochs", "epochs", "Training epochs.", float)
 @click.option(
@@ -73,16 +92,26 @@ def _train_setting(flag: str, field: str, help_text: str, kind: Any = str) -> An
 )
 @click.option("--compile/--no-compile", "torch_compile", default=None, help="torch.compile the model.")
 @click.option("--resume", is_flag=True, default=None, help="Continue from the run folder's last checkpoint.")
+@click.option(
+    "--exist-ok",
+    is_flag=True,
+    default=None,
+    help="Train over the model in --output (its old export is then refused until exported again).",
+)
+@_train_setting("--device", "device", "Where to train: auto uses a CUDA GPU when there is one.", TrainDevice)
 @_train_setting("--report-to", "report_to", "Experiment tracker.", ReportTo)
 @click.option("--push-to-hub", is_flag=True, default=None, help="Push the best model to the hub at the end.")
 @click.option("--hub-model-id", help="Hub repository for --push-to-hub.")
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps (smoke runs).")
 @_train_setting("--seed", "seed", "Seed for splits and training.", int)
 def train(config_file: Path | None, recipe: str | None, **values: Any) -> None:
-    """Fine-tune a ViT classifier (the HF cookbook recipe by default).
+    """Fine-tune a ViT classifier (the HF cookbook recipe by default; --model tiny|small train
+    from random init with the from-scratch recipe: lr 1e-3, batch 32, warm-up 5%).
 
     Writes the model (safetensors) with its preprocessing spec, metrics.json, split.csv,
-    plots and a model card into the run folder.
+    plots and a model card into the run folder, and prints the test accuracy beside the
+    majority-class baseline (a warning when the model does not beat it). The defaults shown
+    below are the cookbook's; a recipe replaces them unless the option is given.
     """
     require("train")
     from medvit_edge.train import train as run_training
@@ -91,18 +120,29 @@ def train(config_file: Path | None, recipe: str | None, **values: Any) -> None:
     if config_file:
         cfg = TrainConfig.from_file(config_file, **options, **only_given(recipe=recipe))
     else:
-        cfg = TrainConfig.from_recipe(recipe or "cookbook", **options)  # type: ignore[arg-type]
+        chosen = recipe or default_recipe(options.get("model", COOKBOOK_MODEL))
+        cfg = TrainConfig.from_recipe(chosen, **options)  # type: ignore[arg-type]
+    if "output" not in options and not (cfg.resume or cfg.exist_ok):
+        _new_run_folder(cfg)
+    cfg.progress = cfg.progress and not quiet()
     result = run_training(cfg)
     if not result.main_process:
         return  # one process of a distributed run speaks for all
-    test = result.metrics.get("test")
     click.echo(f"run folder: {result.run_dir}")
+    test = result.metrics.get("test")
     if test:
-        recalls = ", ".join(f"{k} {v['recall']:.3f}" for k, v in test["per_class"].items())
-        click.echo(
-            f"test accuracy {test['accuracy']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}; "
-            f"recall: {recalls}"
-        )
+        line, warnings = result_line(test, "test")
+        click.echo(line)
+        for warning in warnings:
+            click.echo(warning, err=True)
+
+
+def _new_run_folder(cfg: TrainConfig) -> None:
+    """No --output: a default folder that holds a model gives way to the next free name."""
+    chosen = free_run_folder(cfg.output)
+    if chosen != cfg.output:
+        click.echo(f"{cfg.output} holds a trained model: this run goes to {chosen}", err=True)
+        cfg.output = chosen
 
 
 def _config_choice(flag: str, field: str, alias: Any, help_text: str) -> Any:
@@ -175,8 +215,8 @@ def _config_choice(flag: str, field: str, alias: Any, help_text: str) -> Any:
     "--openvino",
     is_flag=True,
     help="Also write OpenVINO IR variants: model.openvino.xml (fp32), and with --int8 "
-    "model.openvino-int8.xml (NNCF post-training int8); each with its .bin. Needs the [openvino] "
-    "extra; with --int8, the [openvino-export] extra (NNCF).",
+    "model.openvino-int8.xml (NNCF post-training int8); each with its .bin. Needs "
+    "[openvino-export] (OpenVINO and NNCF); running the IRs needs only [openvino].",
 )
 @click.option(
     "--optimize/--no-optimize",
@@ -229,13 +269,36 @@ def export(**values: Any) -> None:
     if given == ParameterSource.COMMANDLINE and values.get("refer_risk") is None:
         raise UserError("--refer-confidence goes with --refer-risk (it certifies the refer rule's risk)")
     result = run_export(ExportConfig(**values))
-    for record in result.manifest.variants:
-        check = record.validation
-        click.echo(
-            f"{record.file:<20} {record.status:<7} {record.size_bytes / 1e6:8.2f} MB  "
-            f"max|Δlogit| {check.max_abs_logit_diff:.2e}  agreement {check.top1_agreement:.2%}"
-        )
+    click.echo("\n".join(export_table(result.manifest)))
     if result.manifest.decision_policy is not None:
         for name, text in result.manifest.decision_policy.describe():
             click.echo(f"{name}: {text}")
+    if result.pytorch_metrics:
+        line, warnings = result_line(result.pytorch_metrics, "validation")
+        click.echo(f"PyTorch model: {line}")
+        for warning in warnings:
+            click.echo(warning, err=True)
     click.echo(f"manifest: {result.output / 'manifest.json'}")
+
+
+def export_table(manifest: Any) -> list[str]:
+    """One row per file, columns as wide as the longest file name; what "passed" and "ms" mean
+    under it."""
+    width = max([len("file")] + [len(record.file) for record in manifest.variants])
+    header = (
+        f"{'file':<{width}}  {'vs PyTorch':<10}  {'size MB':>8}  {'max|Δlogit|':>11}  agreement  ms/image"
+    )
+    lines = [header]
+    for record in manifest.variants:
+        check = record.validation
+        ms = f"{record.latency_ms:.1f}" if record.latency_ms is not None else "-"
+        lines.append(
+            f"{record.file:<{width}}  {record.status:<10}  {record.size_bytes / 1e6:8.2f}  "
+            f"{check.max_abs_logit_diff:11.2e}  {check.top1_agreement:9.2%}  {ms:>8}"
+        )
+    size = manifest.preprocess.get("size") if isinstance(manifest.preprocess, dict) else None
+    lines.append(
+        "vs PyTorch: passed = the file gives the PyTorch model's results within its tolerances "
+        f"(not that the model is good); ms/image: {export_latency_scope(size)}, this machine"
+    )
+    return lines

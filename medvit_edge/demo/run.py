@@ -115,6 +115,7 @@ def _train_config(cfg: DemoConfig, data: Path, run_dir: Path) -> Any:
         epochs=cfg.epochs,
         seed=cfg.seed,
         progress=cfg.progress,
+        exist_ok=True,  # the demo folder is the demo's own: each run replaces it whole
     )
 
 

@@ -30,12 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medvit_edge.deploy.info import refuse_stale_file
 from medvit_edge.errors import ModelLoadError, UserError, printable
 from medvit_edge.io.labelled import SPLIT_ALIASES, LabelledImage, read_labelled_set
 from medvit_edge.options import validate_literals
+from medvit_edge.progress import Progress
 from medvit_edge.runtime.manifest import Manifest, to_json_dict
 from medvit_edge.runtime.variants import Device, file_names, tool_files
 from medvit_edge.system import machine_line
+from medvit_edge.timing import PREPROCESS_AND_MODEL, latency_scope
 
 SYNTHETIC_SIZE = (640, 480)  # width, height of the default frames
 WORKER_TIMEOUT_S = 3600
@@ -51,6 +54,7 @@ class BenchmarkConfig:
     runs: int = 20
     rounds: int = 3
     device: Device = "cpu"
+    progress: bool = True  # one line per model run on stderr
 
     def __post_init__(self) -> None:
         validate_literals(self)
@@ -61,7 +65,7 @@ class BenchmarkConfig:
         if not self.models:
             raise UserError("name at least one model file or folder")
         if self.batch < 1 or self.runs < 1 or self.rounds < 1:
-            raise UserError("--batch, --runs and --rounds must be at least 1")
+            raise UserError("--batch-size, --runs and --rounds must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be at least 1, got {self.threads}")
 
@@ -112,12 +116,16 @@ def benchmark(cfg: BenchmarkConfig) -> BenchmarkReport:
     labelled = _labelled(cfg)
     rows = [BenchmarkRow(str(path), error=error) for path, error in expand_models(cfg.models)]
     samples: list[list[dict[str, Any]]] = [[] for _ in rows]
+    progress = Progress(cfg.rounds * sum(row.ok for row in rows), unit="model runs", enabled=cfg.progress)
     for round_number in range(cfg.rounds):
         for row, found in zip(rows, samples):
             if row.ok:
                 result = run_worker(_job(cfg, row.model, labelled, first=round_number == 0))
                 row.error = result.get("error", "")
                 found.append(result)
+                if row.ok:  # a failed run says so in its row (or in the one error line), not here
+                    progress.update(note=f"round {round_number + 1}/{cfg.rounds}: {Path(row.model).name}")
+    progress.close()
     for row, found in zip(rows, samples):
         if row.ok:
             _summarise(row, found)
@@ -132,6 +140,8 @@ def expand_models(paths: list[Path]) -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
     for path in paths:
         if not path.is_dir():
+            if path.is_file():
+                refuse_stale_file(path)
             found.append((path, "" if path.is_file() else f"{path}: model file not found"))
             continue
         folder = path / "onnx" if (path / "onnx").is_dir() else path
@@ -143,6 +153,8 @@ def expand_models(paths: list[Path]) -> list[tuple[Path, str]]:
         names = [record.file for record in manifest.variants] if manifest else file_names()
         names = [name for name in dict.fromkeys(names) if name not in tool_files()]  # not explain
         files = [folder / name for name in names if (folder / name).is_file()]
+        for file in files:
+            refuse_stale_file(file)  # StaleExportError: retrained since the export
         found += [(file, "") for file in files] or [(folder, f"{folder}: no model files here")]
     return found
 
@@ -232,7 +244,8 @@ def format_report(report: BenchmarkReport) -> list[str]:
     lines = [
         printable(
             f"{report.machine}; batch {report.batch}, threads {threads}, {report.runs} runs x "
-            f"{report.rounds} rounds (fresh process each), {report.images}; preprocessing + model"
+            f"{report.rounds} rounds (fresh process each); ms per image: "
+            f"{latency_scope(PREPROCESS_AND_MODEL, report.batch, report.images)} (decoding excluded)"
         )
     ]
     table = [list(COLUMNS)] + [_cells(row) for row in report.rows]

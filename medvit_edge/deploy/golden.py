@@ -251,6 +251,8 @@ def format_report(report: CheckReport) -> list[str]:
         f"{'pixels':>9} {'tolerance':>9}  labels changed"
     ]
     for v in report.variants:
+        if v.result == "not present":
+            continue  # a deployed folder holds the files it needs: said once below, not as rows
         lines.append(
             f"{v.variant:<18} {v.file:<24} {v.result:<12} {number(v.max_abs_diff):>10} "
             f"{number(v.max_abs_diff_tensor):>9} {number(v.max_abs_pixel_diff):>9} "
@@ -265,4 +267,7 @@ def format_report(report: CheckReport) -> list[str]:
         f"(max |Δprobability|; onnxruntime {report.onnxruntime}; {report.machine})",
     ]
     lines += [f"  {v.variant}: {failure}" for v in ran for failure in v.failures]
+    absent = [v.variant for v in report.variants if v.result == "not present"]
+    if absent:
+        lines.append(f"not in this folder (not checked): {', '.join(absent)}")
     return [printable(line) for line in lines]

@@ -24,11 +24,13 @@ from typing import Any, BinaryIO
 from medvit_edge.deploy.golden import GOLDEN_FOLDER, GOLDEN_INDEX
 from medvit_edge.errors import ModelLoadError, printable
 from medvit_edge.runtime.classifier import hash_model_file, import_onnxruntime
+from medvit_edge.runtime.freshness import refuse_stale, run_folder_of
 from medvit_edge.runtime.int8_target import TARGETS, host_kind, target_warning, weight_bits
 from medvit_edge.runtime.manifest import Manifest
 from medvit_edge.runtime.metadata import GOVERNANCE_KEYS, MetadataError, ModelMetadata
 from medvit_edge.runtime.openvino_backend import backend_installed
 from medvit_edge.runtime.policy import DecisionPolicy
+from medvit_edge.runtime.recommend import export_latency_scope
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ _IR_VERSION, _PRODUCER_VERSION, _MODEL_VERSION, _DOC, _OPSET = 1, 3, 5, 6, 8
 def model_info(path: Path) -> dict[str, Any]:
     """Everything ``info`` shows about one model file, as JSON-ready values."""
     sha256, _ = hash_model_file(path)  # ModelLoadError when missing or unreadable
+    refuse_stale_file(path)
     if path.suffix.lower() == ".xml":
         return _ir_info(path, sha256)
     session = _session(path)
@@ -204,6 +207,24 @@ def read_header(path: Path) -> dict[str, Any]:
     return header
 
 
+_METADATA_PROPS = 14
+
+
+def metadata_props(path: Path) -> dict[str, str]:
+    """An ONNX file's ``metadata_props`` (key -> value), read past the graph without loading it."""
+    props: dict[str, str] = {}
+    try:
+        with open(path, "rb") as handle:
+            for number, value in _fields(handle, skip=lambda n: n != _METADATA_PROPS):
+                if number == _METADATA_PROPS and isinstance(value, bytes):
+                    entry = dict(_fields(io.BytesIO(value)))
+                    key, text = entry.get(1, b""), entry.get(2, b"")
+                    props[key.decode("utf-8", "replace")] = text.decode("utf-8", "replace")
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read the model file ({exc.strerror or exc})") from exc
+    return props
+
+
 def _fields(handle: BinaryIO, skip: Any = lambda number: False) -> Iterator[tuple[int, Any]]:
     """(field number, value) of one protobuf message: varints as ints, length-delimited fields as
     bytes, except those ``skip`` names, which are passed over with a seek (the graph)."""
@@ -260,7 +281,8 @@ def format_info(info: dict[str, Any]) -> list[str]:
     if speed:
         chosen = "; RECOMMENDED: the fastest validated variant there" if speed["recommended"] else ""
         where = speed.get("measured_on", "the export machine")
-        rows.append(("speed", f"{speed['latency_ms']:.1f} ms per image, batch 1, on {where}{chosen}"))
+        scope = export_latency_scope((info.get("preprocess") or {}).get("size"))
+        rows.append(("speed", f"{speed['latency_ms']:.1f} ms per image ({scope}) on {where}{chosen}"))
     golden = info.get("golden")
     if golden:
         rows.append(("golden", f"{golden.get('images', '?')} images (`medvit-edge check` on a new device)"))
@@ -320,3 +342,21 @@ def _onnx_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     opsets = ", ".join(f"{domain} {version}" for domain, version in onnx["opset"].items())
     producer = f"{onnx['producer']} {onnx['producer_version']}".strip()
     return [("ONNX", f"opset {opsets}; IR {onnx['ir_version']}; producer {producer}")]
+
+
+def refuse_stale_file(model: Path) -> None:
+    """``refuse_stale`` for a file not loaded yet: its ``source_sha256`` read from its ONNX
+    metadata (the protobuf header, without onnxruntime) or, for an OpenVINO IR, its manifest."""
+    if run_folder_of(model) is None:
+        return  # the common deployed case: nothing read at all
+    refuse_stale(model, _source_sha256(model))
+
+
+def _source_sha256(model: Path) -> str:
+    if model.suffix.lower() == ".onnx":
+        return metadata_props(model).get("source_sha256", "")
+    try:
+        data = json.loads((model.parent / "manifest.json").read_text(encoding="utf-8"))
+        return str(data.get("source_sha256") or "") if isinstance(data, dict) else ""
+    except (OSError, ValueError):
+        return ""  # the loader reports an unreadable manifest

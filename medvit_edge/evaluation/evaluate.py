@@ -33,8 +33,10 @@ from medvit_edge.evaluation.metrics import (
 )
 from medvit_edge.evaluation.records import EvaluationReport, VariantEvaluation
 from medvit_edge.evaluation.report import write_report
+from medvit_edge.io.duplicates import training_overlap
 from medvit_edge.io.labelled import SPLIT_ALIASES, LabelledImage, read_labelled_set
 from medvit_edge.io.reader import read_labelled_image
+from medvit_edge.options import validate_literals
 from medvit_edge.runtime.classifier import Classifier
 from medvit_edge.runtime.images import ImageDecodeError
 from medvit_edge.runtime.manifest import Manifest
@@ -42,7 +44,7 @@ from medvit_edge.runtime.openvino_backend import INSTALL_HINT as OPENVINO_HINT
 from medvit_edge.runtime.openvino_backend import backend_installed
 from medvit_edge.runtime.policy import DecisionPolicy
 from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess_batch
-from medvit_edge.runtime.variants import file_names, tool_files
+from medvit_edge.runtime.variants import Device, file_names, tool_files
 from medvit_edge.system import machine_line, rss_mb
 from medvit_edge.timing import measure_latency
 
@@ -62,12 +64,18 @@ class EvaluateConfig:
     throughput_batch: int | None = None  # default: 4 per CPU core, at most 32
     bootstrap_samples: int = 1000
     plots: bool = True
+    device: Device = "cpu"  # where the ONNX files run (cpu: latencies comparable across runs)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
         self.data = Path(self.data) if self.data else None
         self.output = Path(self.output) if self.output else self.run_dir / "evaluation"
-        self.onnx_dir = Path(self.onnx_dir) if self.onnx_dir else self.run_dir / "onnx"
+        # a run folder's onnx/, or a folder that holds the model files itself (a hand-off)
+        nested = self.run_dir / "onnx"
+        models = any(self.run_dir.glob("*.onnx")) or any(self.run_dir.glob("*.xml"))
+        flat = not nested.is_dir() and models
+        self.onnx_dir = Path(self.onnx_dir) if self.onnx_dir else (self.run_dir if flat else nested)
+        validate_literals(self)
         if self.split:
             self.split = SPLIT_ALIASES.get(self.split.strip().lower(), self.split)
         if self.throughput_batch is None:
@@ -92,7 +100,7 @@ class EvaluatedModel:
 def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     """Evaluate, write report.json / report.md / plots into ``cfg.output``, return the report."""
     models, labels, spec = load_models(cfg)
-    images, pixels, skipped, frames = _load_images(cfg, spec, labels, any(m.raw for m in models))
+    images, pixels, skipped, frames, overlap = _load_images(cfg, spec, labels, any(m.raw for m in models))
     index = {label: i for i, label in enumerate(labels)}
     truth = np.array([index[i.label] for i in images])
     rows, all_logits, outcomes = [], {}, {}
@@ -118,6 +126,8 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
         variants=rows,
         disagreements=_disagreements(images, all_logits, reference, labels, policies),
         data_flags=_data_flags(images),
+        input_size=spec.size,
+        training_overlap=overlap,
     )
     _add_decisions(report, images, all_logits, outcomes, policies)
     assert cfg.output is not None
@@ -162,6 +172,10 @@ def load_models(cfg: EvaluateConfig) -> tuple[list[EvaluatedModel], list[str], P
     else:
         entries = [(name, "unknown") for name in file_names() if (cfg.onnx_dir / name).is_file()]
     entries = [(name, status) for name, status in entries if name not in tool_files()]  # not explain
+    absent = [name for name, _ in entries if not (cfg.onnx_dir / name).is_file()]
+    if absent:  # a deployed folder holds the files it needs, not every variant exported
+        logger.info("not in %s (not evaluated): %s", cfg.onnx_dir, ", ".join(absent))
+    entries = [(name, status) for name, status in entries if name not in absent]
     if not entries:
         raise UserError(f"{cfg.onnx_dir}: no ONNX variants; run `medvit-edge export` first")
     models = []
@@ -171,7 +185,7 @@ def load_models(cfg: EvaluateConfig) -> tuple[list[EvaluatedModel], list[str], P
             logger.warning("%s: skipped: %s", path, OPENVINO_HINT)
             continue
         before = rss_mb()
-        classifier = Classifier.load(path, device="cpu", threads=cfg.threads)
+        classifier = Classifier.load(path, device=cfg.device, threads=cfg.threads)
         loaded = max(rss_mb() - before, 0.0)
         run = classifier.run_raw if classifier.raw_input else classifier.run  # raw logits
         size = classifier.size_bytes  # an IR's .bin included
@@ -228,9 +242,10 @@ def _pytorch_model(cfg: EvaluateConfig) -> EvaluatedModel | None:
 
 def _load_images(
     cfg: EvaluateConfig, spec: PreprocessSpec, labels: list[str], raw: bool = False
-) -> tuple[list[LabelledImage], np.ndarray, list[str], list[np.ndarray]]:
+) -> tuple[list[LabelledImage], np.ndarray, list[str], list[np.ndarray], dict[str, Any]]:
     """The labelled images, preprocessed, with the skipped ones' errors; ``raw``: also the
-    decoded RGB uint8 images (for raw-input files)."""
+    decoded RGB uint8 images (for raw-input files); and, for an external set (``--data``), which
+    of them are near-duplicates of the run's own training images."""
     source = cfg.data or cfg.run_dir / "split.csv"
     if not source.exists():
         raise UserError(f"{source}: no labelled set (pass --data with a split CSV or class folders)")
@@ -253,7 +268,9 @@ def _load_images(
     if not kept:
         raise UserError(f"{source}: no readable labelled images (split {cfg.split!r})")
     frames = [np.asarray(image) for image in decoded] if raw else []
-    return _keys_under_data_root(kept), preprocess_batch(decoded, spec), skipped, frames
+    external = cfg.data is not None and not _same_path(cfg.data, cfg.run_dir / "split.csv")
+    overlap = training_overlap(cfg.run_dir, [i.key for i in kept], decoded) if external else {}
+    return _keys_under_data_root(kept), preprocess_batch(decoded, spec), skipped, frames, overlap
 
 
 def _keys_under_data_root(images: list[LabelledImage]) -> list[LabelledImage]:
@@ -262,6 +279,13 @@ def _keys_under_data_root(images: list[LabelledImage]) -> list[LabelledImage]:
     paths = [os.path.abspath(image.path) for image in images]
     root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
     return [replace(image, key=os.path.relpath(path, root)) for image, path in zip(images, paths)]
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def _row(

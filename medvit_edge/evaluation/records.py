@@ -80,6 +80,9 @@ class EvaluationReport:
     decision_reference: str = ""  # decisions are compared with this variant's
     decision_disagreements: list[dict[str, Any]] = field(default_factory=list)
     policy_mismatch: list[str] = field(default_factory=list)  # variants storing another policy
+    input_size: int = 0  # the model's input side (what the latency column's tensors are)
+    # overlap with the run's own training images (an external --data set)
+    training_overlap: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return to_json_dict(self)

@@ -12,6 +12,7 @@ from medvit_edge.evaluation.decision_report import Proportion, RiskCoverageRow
 from medvit_edge.evaluation.metrics import wilson_interval
 from medvit_edge.files import atomic_writer, write_json_atomic
 from medvit_edge.runtime.policy import REFER, DecisionPolicy
+from medvit_edge.timing import MODEL_ONLY, PREPROCESS_AND_MODEL, latency_scope
 
 if TYPE_CHECKING:
     from medvit_edge.evaluation.records import EvaluationReport, VariantEvaluation
@@ -78,6 +79,25 @@ def summary_table(rows: list[VariantEvaluation], labels: list[str]) -> list[str]
     return lines
 
 
+def latency_note(report: EvaluationReport) -> str:
+    """What evaluate's p50/p95 ms and img/s cover (the same words as export, info, benchmark)."""
+    side = report.input_size
+    tensor = f"one preprocessed {side}x{side} tensor" if side else "one preprocessed tensor"
+    batch = report.variants[0].throughput_batch if report.variants else 1
+    return (
+        f"p50/p95 ms per image: {latency_scope(MODEL_ONLY, 1, tensor)} (raw-input files: "
+        f"{PREPROCESS_AND_MODEL} from the decoded image); img/s at batch {batch}"
+    )
+
+
+def _verdict_lines(report: EvaluationReport) -> list[str]:
+    """The majority-class baseline and evaluate's warnings, as the command prints them."""
+    from medvit_edge.evaluation.verdict import evaluation_verdict
+
+    found = evaluation_verdict(report)
+    return [f"- {line.replace('warning: ', '**Warning:** ', 1)}" for line in found] + ([""] if found else [])
+
+
 def render_markdown(report: EvaluationReport) -> str:
     labels, rows = report.labels, report.variants
     lines = [
@@ -87,13 +107,14 @@ def render_markdown(report: EvaluationReport) -> str:
         + (f" (split `{report.split}`)" if report.split else "")
         + f". Machine: {report.machine}.",
         f"Parity is measured against `{report.reference}` on the same preprocessed tensors; "
-        f"latency is batch 1, throughput at batch {rows[0].throughput_batch}; memory is the resident "
+        f"{latency_note(report)}; memory is the resident "
         "memory that loading and running each model added to the process.",
         "",
         _interval_note(report),
         "",
         *summary_table(rows, labels),
         "",
+        *_verdict_lines(report),
         *_per_class(rows, labels),
         *_calibration_lines(report),
         *_operating_point_lines(report),

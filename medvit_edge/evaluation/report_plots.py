@@ -29,6 +29,7 @@ def reliability_data(
     return [{**row, "sparse": row["count"] < sparse_below} for row in table]
 
 
+GRID_COLUMNS = 3  # confusion matrices per row of the grid
 LABEL_HEIGHT = 12.0  # points, for 8-pt text
 CHAR_WIDTH = 4.8  # points per character of 8-pt text (a safe over-estimate)
 
@@ -41,21 +42,56 @@ def place_labels(
     whose box overlaps no label placed before it, no marker and stays inside the axes
     (``size``: axes width and height in points; ``markers`` in points from the lower left)."""
     placed: list[tuple[float, float, float, float]] = []
+    leaders: list[tuple[float, float, float, float]] = []  # marker -> label, as drawn
     result: list[tuple[float, float, str]] = [(14.0, 0.0, "left")] * len(markers)
-    steps = [0.0] + [sign * k * (LABEL_HEIGHT + 2) for k in range(1, 6) for sign in (1, -1)]
+    steps = [0.0] + [sign * k * (LABEL_HEIGHT + 2) for k in range(1, 9) for sign in (1, -1)]
     for i in sorted(range(len(markers)), key=lambda j: markers[j]):
         mx, my = markers[i]
         text_width = CHAR_WIDTH * len(texts[i])
-        candidates = [(dx, dy) for dy in steps for dx in (14.0, -14.0)]
+        candidates = [(dx, dy) for dy in steps for dx in (14.0, -14.0, 36.0, -36.0)]
         dx, dy = next(
-            (c for c in candidates if _free(mx, my, c[0], c[1], text_width, size, placed, markers)),
+            (
+                c
+                for c in candidates
+                if _free(mx, my, c[0], c[1], text_width, size, placed, markers)
+                and not _crosses((mx, my, mx + c[0], my + c[1]), leaders, placed)
+            ),
             (14.0, steps[-1]),
         )
         align = "left" if dx > 0 else "right"
         x0 = mx + dx if align == "left" else mx + dx - text_width
         placed.append((x0, my + dy - LABEL_HEIGHT / 2, x0 + text_width, my + dy + LABEL_HEIGHT / 2))
+        leaders.append((mx, my, mx + dx, my + dy))
         result[i] = (dx, dy, align)
     return result
+
+
+def _crosses(
+    line: tuple[float, float, float, float],
+    leaders: list[tuple[float, float, float, float]],
+    boxes: list[tuple[float, float, float, float]],
+) -> bool:
+    """The leader ``line`` crosses a leader drawn before, or runs through a label placed before."""
+    if any(_segments_cross(line, other) for other in leaders):
+        return True
+    for x0, y0, x1, y1 in boxes:
+        edges = ((x0, y0, x1, y0), (x1, y0, x1, y1), (x1, y1, x0, y1), (x0, y1, x0, y0))
+        if any(_segments_cross(line, edge) for edge in edges):
+            return True
+    return False
+
+
+def _segments_cross(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    """Proper intersection of two segments (touching ends do not count)."""
+
+    def side(x0: float, y0: float, x1: float, y1: float, x: float, y: float) -> float:
+        return (x1 - x0) * (y - y0) - (y1 - y0) * (x - x0)
+
+    d1 = side(*a, b[0], b[1])
+    d2 = side(*a, b[2], b[3])
+    d3 = side(*b, a[0], a[1])
+    d4 = side(*b, a[2], a[3])
+    return d1 * d2 < 0 and d3 * d4 < 0
 
 
 def _free(
@@ -114,8 +150,13 @@ def _save(plt: Any, fig: Any, output: Path, name: str) -> str:
 
 def _confusion_grid(plt: Any, report: EvaluationReport, output: Path) -> str:
     rows, labels = report.variants, report.labels
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.3 * len(rows), 3.4), squeeze=False)
-    for axis, row in zip(axes[0], rows):
+    # a grid of at most GRID_COLUMNS per row: 9 variants are 3 x 3, not one 2665 px wide strip
+    columns = min(len(rows), GRID_COLUMNS)
+    lines = -(-len(rows) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(3.3 * columns, 3.4 * lines), squeeze=False)
+    for axis in axes.flat[len(rows) :]:
+        axis.set_visible(False)
+    for axis, row in zip(axes.flat, rows):
         counts = np.asarray(row.confusion_matrix)
         shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
@@ -128,7 +169,8 @@ def _confusion_grid(plt: Any, report: EvaluationReport, output: Path) -> str:
                 )
         axis.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels)
         axis.set(title=row.variant, xlabel="predicted")
-    axes[0][0].set_ylabel("true")
+    for line in axes:
+        line[0].set_ylabel("true")
     fig.tight_layout()
     return _save(plt, fig, output, "confusion_matrices.png")
 

@@ -250,7 +250,9 @@ def infer(cfg: InferConfig, classifier: Classifier | None = None) -> InferSummar
     if cfg.overlays is not None:  # the explainability model and the folder, checked first
         from medvit_edge.inference.overlays import OverlayRequest, prepare_overlays
 
-        request = OverlayRequest(cfg.overlays, cfg.explain_model, cfg.device, cfg.threads, cfg.verify)
+        request = OverlayRequest(
+            cfg.overlays, cfg.explain_model, cfg.device, cfg.threads, cfg.verify, cfg.progress
+        )
         overlays = prepare_overlays(request, cfg.inputs, classifier, items)
     rows, failed = _classify_audited(items, classifier, cfg)
     truth = truth_csv if truth_csv is not None else truth_from_folders(items, classifier.labels)

@@ -31,6 +31,7 @@ from medvit_edge.inference.explain import Explainer, write_overlay
 from medvit_edge.inference.rows import PredictionRow
 from medvit_edge.io.inputs import InputFile
 from medvit_edge.io.reader import read_file
+from medvit_edge.progress import Progress
 from medvit_edge.runtime.classifier import Classifier
 from medvit_edge.runtime.variants import VARIANTS
 
@@ -59,18 +60,23 @@ class OverlayWriter:
     folder: Path
     items: list[InputFile]
     protected: set[str] = field(default_factory=set)  # real paths of the inputs
+    progress: bool = True  # a progress line on stderr (heat maps take a while per image)
 
     def write(self, rows: list[PredictionRow], labels: list[str]) -> tuple[list[Path], list[str]]:
         """Overlays for every row without an error; returns (written, errors)."""
         names = overlay_names(self.items, rows)
         written: list[Path] = []
         errors: list[str] = []
-        for path, file_rows in _rows_by_file(rows):
+        files = list(_rows_by_file(rows))
+        progress = Progress(len(files), unit="overlays", enabled=self.progress)
+        for path, file_rows in files:
             try:
                 written += self._write_file(path, file_rows, labels, names)
             except Exception as exc:  # one file's overlay never costs the others
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 errors.append(f"{path}: overlay not written ({reason})")
+            progress.update()
+        progress.close()
         return written, errors
 
     def _write_file(
@@ -162,6 +168,7 @@ class OverlayRequest:
     device: str = "auto"
     threads: int | None = None
     verify: bool | None = None
+    progress: bool = True
 
 
 def prepare_overlays(
@@ -175,7 +182,7 @@ def prepare_overlays(
     check_same_model(explainer, classifier)
     make_folder(folder)  # only once everything else is known to work
     protected = {os.path.realpath(item.path) for item in items if not item.error}
-    return OverlayWriter(explainer, folder, list(items), protected)
+    return OverlayWriter(explainer, folder, list(items), protected, progress=request.progress)
 
 
 def check_same_model(explainer: Explainer, classifier: Classifier) -> None:

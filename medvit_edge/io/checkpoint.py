@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medvit_edge.files import write_json_atomic
+from medvit_edge.runtime.freshness import weights_file, write_weights_digest
 from medvit_edge.runtime.preprocess import PreprocessSpec
 
 PREPROCESS_FILE = "preprocess.json"
@@ -30,8 +31,29 @@ def save_model(model: Any, spec: PreprocessSpec, folder: Path) -> None:
     """``save_pretrained`` (safetensors) + an image processor for HF users + our spec."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
+    weights = weights_file(folder)
+    if weights is not None:  # what consumers of an export compare its source_sha256 with
+        write_weights_digest(weights)
     save_processor_config(spec, folder)
     (folder / PREPROCESS_FILE).write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def holds_model(folder: Path) -> bool:
+    """A trained model (weights) or a training run's checkpoints are in the folder."""
+    checkpoints = folder / "checkpoints"
+    return weights_file(folder) is not None or (
+        checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+    )
+
+
+def free_run_folder(folder: Path) -> Path:
+    """``folder`` itself when it holds no model, else the first of ``folder-2``, ``folder-3``, ...
+    that holds none (a new run never lands on an old one)."""
+    candidate, number = folder, 1
+    while holds_model(candidate):
+        number += 1
+        candidate = folder.with_name(f"{folder.name}-{number}")
+    return candidate
 
 
 def save_processor_config(spec: PreprocessSpec, folder: Path) -> Path:

@@ -34,6 +34,7 @@ from PIL import Image
 
 from medvit_edge.errors import ModelLoadError
 from medvit_edge.lazy import import_optional
+from medvit_edge.runtime.freshness import refuse_stale
 from medvit_edge.runtime.images import ImageDecodeError, as_rgb_image
 from medvit_edge.runtime.int8_target import warn_if_outside_target
 from medvit_edge.runtime.integrity import check_unchanged, hash_model_file, verify_checksum
@@ -184,6 +185,7 @@ class Classifier:
             metadata = ModelMetadata.from_props(props, source=str(path))
         except MetadataError as exc:
             raise ModelLoadError(str(exc)) from exc
+        refuse_stale(path, metadata.source_sha256)  # retrained since this file was exported
         _check_signature(session, metadata, path)
         warn_if_outside_target(metadata.quantization, path)  # 8-bit int8 on x86 without VNNI
         return cls(session, metadata, path, sha256)

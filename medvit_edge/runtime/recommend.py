@@ -32,7 +32,7 @@ from medvit_edge.runtime.manifest import Manifest, Recommendation, VariantRecord
 from medvit_edge.runtime.metadata import PIXEL_VALUES_INPUT
 from medvit_edge.runtime.variants import variant_named
 from medvit_edge.system import cpu_isa, machine_line
-from medvit_edge.timing import measure_latency
+from medvit_edge.timing import PREPROCESS_AND_MODEL, latency_scope, measure_latency
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,12 @@ def classifier_ms(classifier: Classifier, runs: int = LATENCY_RUNS) -> float:
     """``measure_ms`` of a loaded classifier."""
     frame = [synthetic_frame(classifier.spec.size)]
     return measure_latency(lambda i: classifier.predict_proba(frame), runs, WARMUP_RUNS).p50_ms
+
+
+def export_latency_scope(size: int | None = None) -> str:
+    """What export's ``latency_ms`` covers (``measure_ms``), for export and info to print."""
+    side = f"{size + 32}x{size + 32}" if size else "(input + 32 px)"  # synthetic_frame's size
+    return latency_scope(PREPROCESS_AND_MODEL, 1, f"one decoded {side} frame")
 
 
 def eligible(record: VariantRecord) -> bool:
@@ -89,7 +95,8 @@ def recommend(
     if not candidates:
         return measured, None
     best = min(candidates, key=lambda record: record.latency_ms or 0.0)
-    logger.info("recommended: %s (%.1f ms per image, batch 1, this machine)", best.variant, best.latency_ms)
+    scope = export_latency_scope()
+    logger.info("recommended: %s (%.1f ms per image: %s; this machine)", best.variant, best.latency_ms, scope)
     recommendation = Recommendation(
         variant=best.variant,
         file=best.file,
