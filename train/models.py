@@ -66,10 +66,11 @@ def load_model(name: str, labels: list[str], attn_implementation: str = "sdpa") 
 
 
 def torchvision_transforms(
-    spec: PreprocessSpec, train: bool, crop_scale: tuple[float, float] = (0.08, 1.0)
+    spec: PreprocessSpec, train: bool, crop_scale: tuple[float, float] = (0.08, 1.0), augment: str = "none"
 ) -> Any:
-    """The torchvision pipeline for the spec: RandomResizedCrop + flip for training,
-    the exact eval transform (which ``medvit_edge.preprocess`` reproduces in numpy) otherwise."""
+    """The torchvision pipeline for the spec: RandomResizedCrop + flip (+ ``augment``) for
+    training, the exact eval transform (which ``medvit_edge.preprocess`` reproduces in numpy)
+    otherwise."""
     from torchvision import transforms as T
 
     interpolation = T.InterpolationMode(spec.interpolation)
@@ -79,6 +80,7 @@ def torchvision_transforms(
             [
                 T.RandomResizedCrop(spec.size, scale=crop_scale, interpolation=interpolation),
                 T.RandomHorizontalFlip(),
+                *_augmentation(augment, interpolation),
                 *tail,
             ]
         )
@@ -87,3 +89,15 @@ def torchvision_transforms(
     return T.Compose(
         [T.Resize(spec.resize_size, interpolation=interpolation), T.CenterCrop(spec.size), *tail]
     )
+
+
+def _augmentation(augment: str, interpolation: Any) -> list[Any]:
+    """On the PIL image, after the crop: TrivialAugment (one random op at a random strength, no
+    tuning; Müller & Hutter 2021) or RandAugment with the ViT papers' 2 ops at magnitude 9."""
+    from torchvision import transforms as T
+
+    if augment == "trivial":
+        return [T.TrivialAugmentWide(interpolation=interpolation)]
+    if augment == "randaugment":
+        return [T.RandAugment(num_ops=2, magnitude=9, interpolation=interpolation)]
+    return []
