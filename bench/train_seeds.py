@@ -46,6 +46,7 @@ def seed_config(recipe: str, seed: int, epochs: float, root: Path, model: str = 
 def run_seed(recipe: str, seed: int, epochs: float, root: Path, model: str = "small") -> dict[str, Any]:
     """Train one seed unless its run folder is complete; its record for the JSON."""
     cfg = seed_config(recipe, seed, epochs, root, model)
+    check_same_settings(cfg)
     metrics_path = cfg.output / "metrics.json"
     if not metrics_path.is_file():
         from medvit_edge.train import train
@@ -71,3 +72,190 @@ def run_seeds(
     recipe: str, seeds: list[int], epochs: float, root: Path, model: str = "small"
 ) -> list[dict[str, Any]]:
     return [run_seed(recipe, seed, epochs, root, model) for seed in seeds]
+
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def check_same_settings(cfg: Any) -> None:
+    """A resumed loop must not mix runs of other settings into one recipe's spread."""
+    saved_path = cfg.output / "train_config.json"
+    if not saved_path.is_file():
+        return
+    saved, wanted = json.loads(saved_path.read_text()), cfg.to_dict()
+    ignored = {"output", "progress", "dataloader_workers", "logging_steps"}
+    differ = [
+        f"{key} {saved[key]!r} != {wanted[key]!r}"
+        for key in sorted(set(saved) & set(wanted) - ignored)
+        if saved[key] != json.loads(json.dumps(wanted[key]))  # tuples as lists; 25 == 25.0
+    ]
+    if differ:
+        raise SystemExit(
+            f"{cfg.output}: trained with other settings ({'; '.join(differ)}); remove it or use another --root"
+        )
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    """Mean, sample sd (0 for one value), min and max."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return {"mean": mean, "sd": sd, "min": min(values), "max": max(values), "n": n}
+
+
+def summarise(records: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
+    """The spread over seeds of the test numbers, and validation balanced accuracy (the selector)."""
+    test = {key: stats([r["test"][key] for r in records]) for key in METRICS}
+    test["recall"] = {c: stats([r["test"]["per_class"][c]["recall"] for r in records]) for c in labels}
+    validation = {key: stats([r["validation"][key] for r in records]) for key in METRICS}
+    return {"test": test, "validation": validation}
+
+
+def median_seed(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seed in the middle by VALIDATION balanced accuracy (the lower middle of an even count,
+    ties by seed): the benchmark model, chosen without looking at test."""
+    ranked = sorted(records, key=lambda r: (r["validation"]["balanced_accuracy"], r["seed"]))
+    chosen = ranked[(len(ranked) - 1) // 2]
+    return {
+        "seed": chosen["seed"],
+        "run_dir": chosen["run_dir"],
+        "validation_balanced_accuracy": chosen["validation"]["balanced_accuracy"],
+        "test_balanced_accuracy": chosen["test"]["balanced_accuracy"],
+    }
+
+
+def majority_baseline(test: dict[str, Any]) -> dict[str, Any]:
+    """Always predicting the most frequent test class: what a classifier must beat."""
+    support = {c: v["support"] for c, v in test["per_class"].items()}
+    n, top = sum(support.values()), max(support, key=support.__getitem__)
+    precision = support[top] / n
+    return {
+        "class": top,
+        "accuracy": precision,
+        "balanced_accuracy": 1 / len(support),
+        "macro_f1": 2 * precision / (precision + 1) / len(support),
+        "recall": {c: float(c == top) for c in support},
+    }
+
+
+def recipe_record(recipe: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    labels = list(records[0]["test"]["per_class"])
+    config = {k: v for k, v in records[0]["config"].items() if k not in ("seed", "output", "progress")}
+    return {
+        "recipe": recipe,
+        "config": config,
+        "seeds": [{k: v for k, v in r.items() if k != "config"} for r in records],
+        "summary": summarise(records, labels),
+        "median_seed": median_seed(records),
+    }
+
+
+def build_result(
+    per_recipe: dict[str, list[dict[str, Any]]], epochs: float, seeds: list[int]
+) -> dict[str, Any]:
+    """The JSON: the winner (highest mean VALIDATION balanced accuracy over its seeds) at the top
+    level, every recipe under ``recipes``."""
+    from bench.common import machine
+
+    recipes = {name: recipe_record(name, records) for name, records in per_recipe.items() if records}
+    if not recipes:
+        raise SystemExit("no finished seed to report: train some first (without --available-only)")
+    scores = {name: r["summary"]["validation"]["balanced_accuracy"]["mean"] for name, r in recipes.items()}
+    winner = max(scores, key=scores.__getitem__)
+    first = recipes[winner]["seeds"][0]
+    return {
+        **recipes[winner],
+        "selection": {
+            "rule": "highest mean validation balanced accuracy over seeds; test never looked at",
+            "validation_balanced_accuracy_mean": scores,
+            "winner": winner,
+        },
+        "benchmark_model": recipes[winner]["median_seed"],
+        "majority_baseline": majority_baseline(first["test"]),
+        "budget": {
+            "epochs": epochs,
+            "seeds_planned": seeds,
+            "seeds_done": {name: [s["seed"] for s in r["seeds"]] for name, r in recipes.items()},
+            "threads_per_run": 1,
+            "train_samples_per_second": {
+                name: stats([s["train_samples_per_second"] for s in r["seeds"]])
+                for name, r in recipes.items()
+            },
+        },
+        "machine": machine(),
+        "recipes": recipes,
+    }
+
+
+SECTION = "Training: seeds of the from-scratch recipes on BUSI (CPU)"
+
+
+def _cell(s: dict[str, float]) -> str:
+    return f"{s['mean']:.3f} ± {s['sd']:.3f} ({s['min']:.2f}–{s['max']:.2f})"
+
+
+def _rows(data: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, record in data["recipes"].items():
+        test, validation = record["summary"]["test"], record["summary"]["validation"]
+        recalls = " / ".join(f"{s['mean']:.2f} ± {s['sd']:.2f}" for s in test["recall"].values())
+        rows.append(
+            f"| `{name}`{' (selected)' if name == data['recipe'] else ''} | {len(record['seeds'])} "
+            f"| {validation['balanced_accuracy']['mean']:.3f} ± {validation['balanced_accuracy']['sd']:.3f} "
+            f"| {_cell(test['accuracy'])} | {_cell(test['balanced_accuracy'])} | {_cell(test['macro_f1'])} | {recalls} |"
+        )
+    base = data["majority_baseline"]
+    rows.append(
+        f"| majority class (always {base['class']}) | – | 0.333 | {base['accuracy']:.3f} | {base['balanced_accuracy']:.3f} "
+        f"| {base['macro_f1']:.3f} | {' / '.join(f'{v:.2f}' for v in base['recall'].values())} |"
+    )
+    return rows
+
+
+def goal_line(data: dict[str, Any]) -> str:
+    """The benchmark goal: mean test balanced accuracy >= 0.75 over the seeds, every class's mean
+    recall >= 0.6 (also: over 5 seeds; fewer is said)."""
+    test = data["summary"]["test"]
+    balanced = test["balanced_accuracy"]["mean"]
+    recalls = {c: s["mean"] for c, s in test["recall"].items()}
+    reached = balanced >= 0.75 and min(recalls.values()) >= 0.6 and len(data["seeds"]) >= 5
+    low = ", ".join(f"{c} {v:.2f}" for c, v in recalls.items() if v < 0.6) or "none"
+    return (
+        f"Goal (mean test balanced accuracy ≥ 0.75 over 5 seeds, every class recall ≥ 0.6): "
+        f"{'reached' if reached else 'NOT reached'}: {balanced:.3f} over {len(data['seeds'])} seeds; "
+        f"classes below 0.6 recall: {low}."
+    )
+
+
+def render_section(data: dict[str, Any]) -> None:
+    from bench.common import update_section
+
+    budget, model = data["budget"], data["benchmark_model"]
+    speed = "; ".join(f"`{n}` {s['mean']:.1f}" for n, s in budget["train_samples_per_second"].items())
+    recipes = " ".join(f"`--recipe {r}`" for r in data["recipes"])
+    update_section(
+        SECTION,
+        f"""
+Machine: {data["machine"]}, shared with other jobs (one torch thread per run, `nice 19`).
+Command: `python -m bench.train_busi seeds {recipes} --seeds {len(budget["seeds_planned"])} --epochs {budget["epochs"]:g}`
+(resumable: a seed whose run folder holds metrics.json is read, not retrained; `--render-only`
+rewrites this section from `bench/results/train_busi_seeds.json`). Preset `small` (128 px, 64
+patch tokens, {data["seeds"][0]["parameters"] / 1e6:.1f} M parameters, random init), {budget["epochs"]:g} epochs per seed,
+best checkpoint by validation balanced accuracy. The seed sets the init, the augmentation and
+batch order and the validation images carved from BUSI's training split; the test split (156
+images) is the same for every seed. Training samples/s per run (mean): {speed}.
+
+Test split, mean ± sd over seeds (min–max); validation balanced accuracy is what the recipe was
+selected on ({data["selection"]["rule"]}):
+
+| recipe | seeds | val. balanced acc. | test accuracy | test balanced acc. | test macro-F1 | recall {" / ".join(data["summary"]["test"]["recall"])} |
+|---|---|---|---|---|---|---|
+{chr(10).join(_rows(data))}
+
+{goal_line(data)}
+
+Benchmark model (the median seed of `{data["recipe"]}` by validation balanced accuracy, never by
+test): seed {model["seed"]}, `{model["run_dir"]}` (validation balanced accuracy
+{model["validation_balanced_accuracy"]:.3f}, test {model["test_balanced_accuracy"]:.3f}).
+""",
+    )
