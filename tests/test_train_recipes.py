@@ -224,3 +224,22 @@ def test_every_recipe_trains_a_few_steps_on_phantom_data(phantom_dir: Path, tmp_
         assert metrics["steps"] == 6 and metrics["train_loss"] == pytest.approx(result.metrics["train_loss"])
         saved = json.loads((tmp_path / recipe / "train_config.json").read_text())
         assert saved["balanced_sampling"] is True and saved["label_smoothing"] == 0.1
+
+
+def test_command_line_flags_reach_the_training_settings(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from medvit_edge import cli
+
+    base = ["train", "--model", "tiny", "--data", str(tmp_path), "--recipe", "scratch-balanced"]
+    for flags, words in (
+        (["--label-smoothing", "1.5"], "label_smoothing"),
+        (["--drop-path", "1"], "drop_path"),
+        (["--mixup", "-0.5"], "mixup_alpha"),
+        (["--augment", "auto"], "auto"),
+    ):
+        result = CliRunner().invoke(cli.main, [*base, *flags])
+        assert result.exit_code == 2 and words in result.output.strip().splitlines()[-1], (
+            flags,
+            result.output,
+        )
