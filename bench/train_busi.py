@@ -15,7 +15,8 @@ Seeds (the spread of the test numbers over N seeds of each recipe, the recipe ch
 validation balanced accuracy, and the benchmark model = its median seed by validation):
 
     python -m bench.train_busi seeds [--recipe from-scratch --recipe scratch-balanced]
-        [--seeds 5] [--epochs 25] [--root models/seeds] [--available-only] [--render-only]
+        [--seeds 5] [--epochs 25] [--model small] [--workers 0] [--root models/seeds]
+        [--note TEXT] [--available-only] [--render-only]
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def gpu_benchmark(steps: int) -> dict[str, Any]:
 
 def seeds_benchmark(args: argparse.Namespace) -> None:
     from bench.common import RESULTS
-    from bench.train_seeds import build_result, render_section, run_seeds
+    from bench.train_seeds import SeedPlan, build_result, render_section, run_seeds
 
     path = RESULTS / "train_busi_seeds.json"
     if args.render_only:
@@ -150,9 +151,9 @@ def seeds_benchmark(args: argparse.Namespace) -> None:
         return
     recipes = args.recipe or ["from-scratch", "scratch-balanced"]
     seeds = list(range(args.seeds))
-    epochs = args.epochs or 25
-    per_recipe = {r: run_seeds(r, seeds, epochs, args.root.resolve(), args.available_only) for r in recipes}
-    data = build_result(per_recipe, epochs, seeds)
+    plan = SeedPlan(args.epochs or 25, args.root.resolve(), args.model, args.workers)
+    per_recipe = {r: run_seeds(r, seeds, plan, args.available_only) for r in recipes}
+    data = build_result(per_recipe, plan, seeds, args.note)
     save_json("train_busi_seeds", data)
     render_section(data)
 

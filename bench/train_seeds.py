@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +27,37 @@ BENCH_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
-def seed_config(recipe: str, seed: int, epochs: float, root: Path, model: str = "small") -> Any:
+@dataclass(frozen=True)
+class SeedPlan:
+    """What every seed of the benchmark shares."""
+
+    epochs: float
+    root: Path
+    model: str = "small"
+    workers: int = 0  # dataloader processes: 0 on a shared CPU (one thread per training process)
+
+
+def seed_config(recipe: str, seed: int, plan: SeedPlan) -> Any:
     from medvit_edge.train import TrainConfig
 
+    folder = plan.root if plan.model == "small" else plan.root / plan.model
     return TrainConfig.from_recipe(
         recipe,  # type: ignore[arg-type]
-        model=model,
+        model=plan.model,
         data=str(BUSI / "split.csv"),
-        output=root / recipe / f"seed-{seed}",
-        epochs=epochs,
+        output=folder / recipe / f"seed-{seed}",
+        epochs=plan.epochs,
         seed=seed,
-        dataloader_workers=0,  # one thread per training process on a shared CPU
+        dataloader_workers=plan.workers,
         logging_steps=20,
         progress=False,
         **BENCH_OVERRIDES.get(recipe, {}),
     )
 
 
-def run_seed(recipe: str, seed: int, epochs: float, root: Path, model: str = "small") -> dict[str, Any]:
+def run_seed(recipe: str, seed: int, plan: SeedPlan) -> dict[str, Any]:
     """Train one seed unless its run folder is complete; its record for the JSON."""
-    cfg = seed_config(recipe, seed, epochs, root, model)
+    cfg = seed_config(recipe, seed, plan)
     check_same_settings(cfg)
     metrics_path = cfg.output / "metrics.json"
     if not metrics_path.is_file():
@@ -57,7 +69,7 @@ def run_seed(recipe: str, seed: int, epochs: float, root: Path, model: str = "sm
     metrics = json.loads(metrics_path.read_text())
     return {
         "seed": seed,
-        "run_dir": str(cfg.output),
+        "run_dir": _shown(cfg.output),
         "test": metrics["test"],
         "validation": metrics["validation"],
         "epochs": metrics["epochs"],
@@ -68,10 +80,24 @@ def run_seed(recipe: str, seed: int, epochs: float, root: Path, model: str = "sm
     }
 
 
+def _shown(path: Path) -> str:
+    """Relative to the repository when inside it, so the JSON reads the same on every checkout."""
+    from bench.common import REPO
+
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def run_seeds(
-    recipe: str, seeds: list[int], epochs: float, root: Path, model: str = "small"
+    recipe: str, seeds: list[int], plan: SeedPlan, available_only: bool = False
 ) -> list[dict[str, Any]]:
-    return [run_seed(recipe, seed, epochs, root, model) for seed in seeds]
+    """Every seed's record, training the missing ones; ``available_only`` reads the finished ones
+    and trains nothing (what an interrupted loop, or training elsewhere, has so far)."""
+    if available_only:
+        seeds = [s for s in seeds if (seed_config(recipe, s, plan).output / "metrics.json").is_file()]
+    return [run_seed(recipe, seed, plan) for seed in seeds]
 
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -151,7 +177,7 @@ def recipe_record(recipe: str, records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_result(
-    per_recipe: dict[str, list[dict[str, Any]]], epochs: float, seeds: list[int]
+    per_recipe: dict[str, list[dict[str, Any]]], plan: SeedPlan, seeds: list[int], note: str = ""
 ) -> dict[str, Any]:
     """The JSON: the winner (highest mean VALIDATION balanced accuracy over its seeds) at the top
     level, every recipe under ``recipes``."""
@@ -173,10 +199,13 @@ def build_result(
         "benchmark_model": recipes[winner]["median_seed"],
         "majority_baseline": majority_baseline(first["test"]),
         "budget": {
-            "epochs": epochs,
+            "epochs": plan.epochs,
+            "model": plan.model,
+            "dataloader_workers": plan.workers,
+            "note": note,
             "seeds_planned": seeds,
             "seeds_done": {name: [s["seed"] for s in r["seeds"]] for name, r in recipes.items()},
-            "threads_per_run": 1,
+            "threads_per_run": _threads(),
             "train_samples_per_second": {
                 name: stats([s["train_samples_per_second"] for s in r["seeds"]])
                 for name, r in recipes.items()
@@ -187,7 +216,13 @@ def build_result(
     }
 
 
-SECTION = "Training: seeds of the from-scratch recipes on BUSI (CPU)"
+SECTION = "Training: seeds of the from-scratch recipes on BUSI"
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _cell(s: dict[str, float]) -> str:
@@ -227,26 +262,41 @@ def goal_line(data: dict[str, Any]) -> str:
     )
 
 
+def _header(data: dict[str, Any]) -> str:
+    from medvit_edge.train.models import PRESETS
+
+    budget = data["budget"]
+    geometry = PRESETS[budget["model"]]
+    tokens = (geometry["image_size"] // geometry["patch_size"]) ** 2
+    speed = "; ".join(f"`{n}` {s['mean']:.1f}" for n, s in budget["train_samples_per_second"].items())
+    recipes = " ".join(f"--recipe {r}" for r in data["recipes"])
+    done = "; ".join(f"`{n}`: {', '.join(map(str, s))}" for n, s in budget["seeds_done"].items())
+    options = f"--model {budget['model']} " if budget["model"] != "small" else ""
+    return f"""
+Machine: {data["machine"]}; {budget["threads_per_run"]} torch thread(s) per run. {budget["note"]}
+Command: `python -m bench.train_busi seeds {recipes} {options}--seeds {len(budget["seeds_planned"])} --epochs {budget["epochs"]:g}`
+(resumable: a seed whose run folder holds metrics.json is read, not retrained; `--render-only`
+rewrites this section from `bench/results/train_busi_seeds.json`). Seeds finished: {done}.
+Preset `{budget["model"]}` ({geometry["image_size"]} px, {tokens} patch tokens, width {geometry["hidden_size"]},
+{geometry["num_hidden_layers"]} blocks, {data["seeds"][0]["parameters"] / 1e6:.1f} M parameters, random init),
+{budget["epochs"]:g} epochs per seed, best checkpoint by validation balanced accuracy. The seed
+sets the init, the augmentation and batch order and the validation images carved from BUSI's
+training split; the test split (156 images) is the same for every seed. Training samples/s per
+run (mean): {speed}.
+"""
+
+
 def render_section(data: dict[str, Any]) -> None:
     from bench.common import update_section
 
-    budget, model = data["budget"], data["benchmark_model"]
-    speed = "; ".join(f"`{n}` {s['mean']:.1f}" for n, s in budget["train_samples_per_second"].items())
-    recipes = " ".join(f"`--recipe {r}`" for r in data["recipes"])
-    update_section(
-        SECTION,
-        f"""
-Machine: {data["machine"]}, shared with other jobs (one torch thread per run, `nice 19`).
-Command: `python -m bench.train_busi seeds {recipes} --seeds {len(budget["seeds_planned"])} --epochs {budget["epochs"]:g}`
-(resumable: a seed whose run folder holds metrics.json is read, not retrained; `--render-only`
-rewrites this section from `bench/results/train_busi_seeds.json`). Preset `small` (128 px, 64
-patch tokens, {data["seeds"][0]["parameters"] / 1e6:.1f} M parameters, random init), {budget["epochs"]:g} epochs per seed,
-best checkpoint by validation balanced accuracy. The seed sets the init, the augmentation and
-batch order and the validation images carved from BUSI's training split; the test split (156
-images) is the same for every seed. Training samples/s per run (mean): {speed}.
+    update_section(SECTION, section_text(data))
 
-Test split, mean ± sd over seeds (min–max); validation balanced accuracy is what the recipe was
-selected on ({data["selection"]["rule"]}):
+
+def section_text(data: dict[str, Any]) -> str:
+    model = data["benchmark_model"]
+    return f"""{_header(data)}
+Test split, mean ± sd over seeds (min–max); the recipes are compared on validation balanced
+accuracy ({data["selection"]["rule"]}):
 
 | recipe | seeds | val. balanced acc. | test accuracy | test balanced acc. | test macro-F1 | recall {" / ".join(data["summary"]["test"]["recall"])} |
 |---|---|---|---|---|---|---|
@@ -257,5 +307,4 @@ selected on ({data["selection"]["rule"]}):
 Benchmark model (the median seed of `{data["recipe"]}` by validation balanced accuracy, never by
 test): seed {model["seed"]}, `{model["run_dir"]}` (validation balanced accuracy
 {model["validation_balanced_accuracy"]:.3f}, test {model["test_balanced_accuracy"]:.3f}).
-""",
-    )
+"""

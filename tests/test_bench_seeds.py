@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from bench.train_seeds import (
+    SeedPlan,
     build_result,
     check_same_settings,
     majority_baseline,
     median_seed,
+    section_text,
     seed_config,
     stats,
 )
@@ -70,22 +72,30 @@ def test_majority_baseline_on_busi_test_counts() -> None:
     assert base["recall"] == {"benign": 1.0, "malignant": 0.0, "normal": 0.0}
 
 
+@needs_torch
 def test_recipe_selected_on_mean_validation_balanced_accuracy() -> None:
     per_recipe = {
         "a": [_record(0, 0.60, 0.9), _record(1, 0.62, 0.9)],  # better on test, worse on validation
         "b": [_record(0, 0.70, 0.5), _record(1, 0.66, 0.5)],
     }
-    data = build_result(per_recipe, epochs=25, seeds=[0, 1])
+    data = build_result(per_recipe, SeedPlan(25, Path("models/seeds")), seeds=[0, 1])
     assert data["recipe"] == "b" and data["selection"]["winner"] == "b"
     assert data["benchmark_model"]["seed"] == 1
     assert [s["seed"] for s in data["seeds"]] == [0, 1]
     assert set(data["seeds"][0]) >= {"seed", "test", "validation"}
     assert data["summary"]["test"]["balanced_accuracy"]["mean"] == pytest.approx(0.5)
+    text = section_text(data)
+    assert "NOT reached: 0.500 over 2 seeds" in text
+    assert "| `b` (selected) | 2 | 0.680 ± 0.028 | 0.500 ± 0.000 (0.50–0.50)" in text
+    assert (
+        "| majority class (always benign) | – | 0.333 | 0.558 | 0.333 | 0.239 | 1.00 / 0.00 / 0.00 |" in text
+    )
+    assert "seed 1, `models/seeds/r/seed-1`" in text
 
 
 @needs_torch
 def test_resumed_loop_refuses_a_run_folder_of_other_settings(tmp_path: Path) -> None:
-    cfg = seed_config("from-scratch", 0, 25, tmp_path)
+    cfg = seed_config("from-scratch", 0, SeedPlan(25, tmp_path))
     cfg.output.mkdir(parents=True)
     (cfg.output / "train_config.json").write_text(json.dumps({**cfg.to_dict(), "epochs": 40.0}))
     with pytest.raises(SystemExit, match=r"epochs 40\.0 != 25"):
