@@ -186,14 +186,24 @@ def build_result(
     recipes = {name: recipe_record(name, records) for name, records in per_recipe.items() if records}
     if not recipes:
         raise SystemExit("no finished seed to report: train some first (without --available-only)")
-    scores = {name: r["summary"]["validation"]["balanced_accuracy"]["mean"] for name, r in recipes.items()}
+    common = sorted(set.intersection(*({r["seed"] for r in records} for records in per_recipe.values())))
+    scores = {
+        # paired: over the seeds every recipe has (the same validation images), when there are any
+        name: stats(
+            [r["validation"]["balanced_accuracy"] for r in records if r["seed"] in common or not common]
+        )["mean"]
+        for name, records in per_recipe.items()
+        if records
+    }
     winner = max(scores, key=scores.__getitem__)
     first = recipes[winner]["seeds"][0]
     return {
         **recipes[winner],
         "selection": {
-            "rule": "highest mean validation balanced accuracy over seeds; test never looked at",
+            "rule": "highest mean validation balanced accuracy over the seeds every recipe has; "
+            "test never looked at",
             "validation_balanced_accuracy_mean": scores,
+            "compared_on_seeds": common,
             "winner": winner,
         },
         "benchmark_model": recipes[winner]["median_seed"],
@@ -301,6 +311,9 @@ accuracy ({data["selection"]["rule"]}):
 | recipe | seeds | val. balanced acc. | test accuracy | test balanced acc. | test macro-F1 | recall {" / ".join(data["summary"]["test"]["recall"])} |
 |---|---|---|---|---|---|---|
 {chr(10).join(_rows(data))}
+
+Selection (mean validation balanced accuracy over seeds {", ".join(map(str, data["selection"]["compared_on_seeds"])) or "all"}):
+{", ".join(f"`{n}` {v:.3f}" for n, v in data["selection"]["validation_balanced_accuracy_mean"].items())}; selected: `{data["recipe"]}`.
 
 {goal_line(data)}
 

@@ -84,6 +84,11 @@ def test_recipe_selected_on_mean_validation_balanced_accuracy() -> None:
     assert [s["seed"] for s in data["seeds"]] == [0, 1]
     assert set(data["seeds"][0]) >= {"seed", "test", "validation"}
     assert data["summary"]["test"]["balanced_accuracy"]["mean"] == pytest.approx(0.5)
+    # paired: a third seed only recipe "a" has does not enter the comparison
+    lucky = build_result(
+        {**per_recipe, "a": [*per_recipe["a"], _record(2, 0.99, 0.9)]}, SeedPlan(25, Path(".")), [0, 1, 2]
+    )
+    assert lucky["recipe"] == "b" and lucky["selection"]["compared_on_seeds"] == [0, 1]
     text = section_text(data)
     assert "NOT reached: 0.500 over 2 seeds" in text
     assert "| `b` (selected) | 2 | 0.680 ± 0.028 | 0.500 ± 0.000 (0.50–0.50)" in text
