@@ -109,6 +109,8 @@ def check_same_settings(cfg: Any) -> None:
     if not saved_path.is_file():
         return
     saved, wanted = json.loads(saved_path.read_text()), cfg.to_dict()
+    # the same data reached through another checkout (or a link) is the same data
+    saved["data"], wanted["data"] = (str(Path(d).resolve()) for d in (saved["data"], wanted["data"]))
     ignored = {"output", "progress", "dataloader_workers", "logging_steps"}
     differ = [
         f"{key} {saved[key]!r} != {wanted[key]!r}"

@@ -105,5 +105,7 @@ def test_resumed_loop_refuses_a_run_folder_of_other_settings(tmp_path: Path) -> 
     (cfg.output / "train_config.json").write_text(json.dumps({**cfg.to_dict(), "epochs": 40.0}))
     with pytest.raises(SystemExit, match=r"epochs 40\.0 != 25"):
         check_same_settings(cfg)
-    (cfg.output / "train_config.json").write_text(json.dumps({**cfg.to_dict(), "epochs": 25.0}))
-    check_same_settings(cfg)  # the same settings (25 epochs given as 25.0 on the command line): resumable
+    (tmp_path / "link").symlink_to(Path(cfg.data).parent)
+    same = {**cfg.to_dict(), "epochs": 25.0, "data": str(tmp_path / "link" / "split.csv")}
+    (cfg.output / "train_config.json").write_text(json.dumps(same))
+    check_same_settings(cfg)  # the same settings (25 as 25.0, the data through a link): resumable
