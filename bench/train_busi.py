@@ -145,7 +145,9 @@ def seeds_benchmark(args: argparse.Namespace) -> None:
     from bench.common import RESULTS
     from bench.train_seeds import SeedPlan, build_result, render_section, run_seeds
 
-    path = RESULTS / "train_busi_seeds.json"
+    # one file (and section) per preset: a small-224 run must not overwrite the 128 px numbers
+    name = "train_busi_seeds" if args.model == "small" else f"train_busi_seeds-{args.model}"
+    path = RESULTS / f"{name}.json"
     if args.render_only:
         render_section(json.loads(path.read_text()))
         return
@@ -154,7 +156,7 @@ def seeds_benchmark(args: argparse.Namespace) -> None:
     plan = SeedPlan(args.epochs or 25, args.root.resolve(), args.model, args.workers)
     per_recipe = {r: run_seeds(r, seeds, plan, args.available_only) for r in recipes}
     data = build_result(per_recipe, plan, seeds, args.note)
-    save_json("train_busi_seeds", data)
+    save_json(name, data)
     render_section(data)
 
 

@@ -301,7 +301,8 @@ run (mean): {speed}.
 def render_section(data: dict[str, Any]) -> None:
     from bench.common import update_section
 
-    update_section(SECTION, section_text(data))
+    model = data["budget"]["model"]
+    update_section(SECTION if model == "small" else f"{SECTION}, {model}", section_text(data))
 
 
 def section_text(data: dict[str, Any]) -> str:
