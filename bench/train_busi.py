@@ -17,6 +17,10 @@ validation balanced accuracy, and the benchmark model = its median seed by valid
     python -m bench.train_busi seeds [--recipe from-scratch --recipe scratch-balanced]
         [--seeds 5] [--epochs 25] [--model small] [--workers 0] [--root models/seeds]
         [--note TEXT] [--available-only] [--render-only]
+
+Training cost per image of small vs small-224 (process time, one thread; valid on a shared CPU):
+
+    python -m bench.train_busi cost
 """
 
 from __future__ import annotations
@@ -160,17 +164,34 @@ def seeds_benchmark(args: argparse.Namespace) -> None:
     render_section(data)
 
 
+def cost_benchmark() -> None:
+    """small vs small-224: what a 224 px model costs to train on this CPU."""
+    from bench.common import RESULTS
+    from bench.train_seeds import cost_text, training_cost
+
+    data = training_cost()
+    save_json("train_cost_cpu", data)
+    seeds = RESULTS / "train_busi_seeds.json"
+    update_section(
+        "Training cost per image: small vs small-224 (CPU)",
+        cost_text(data, json.loads(seeds.read_text()) if seeds.is_file() else None),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=["cpu", "gpu", "seeds"])
+    parser.add_argument("mode", choices=["cpu", "gpu", "seeds", "cost"])
     parser.add_argument("--epochs", type=float, help="cpu: default 150; seeds: default 25")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--output", type=Path, default=Path("models/bench-small-busi"))
     parser.add_argument("--recipe", action="append", help="seeds: a train recipe (repeatable)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds: how many (0..N-1)")
     parser.add_argument("--root", type=Path, default=Path("models/seeds"), help="seeds: run folders")
+    parser.add_argument("--model", default="small", help="seeds: preset (small, small-224)")
+    parser.add_argument("--workers", type=int, default=0, help="seeds: dataloader processes per run")
+    parser.add_argument("--note", default="", help="seeds: how the machine was shared, for the section")
     parser.add_argument(
         "--available-only", action="store_true", help="seeds: train nothing, report finished seeds"
     )
@@ -178,6 +199,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "seeds":
         seeds_benchmark(args)
+    elif args.mode == "cost":
+        cost_benchmark()
     elif args.mode == "cpu":
         data = cpu_benchmark(args.epochs or 150, args.output)
         save_json("train_busi_cpu", data)

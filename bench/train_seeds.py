@@ -285,7 +285,7 @@ def _header(data: dict[str, Any]) -> str:
     done = "; ".join(f"`{n}`: {', '.join(map(str, s))}" for n, s in budget["seeds_done"].items())
     options = f"--model {budget['model']} " if budget["model"] != "small" else ""
     return f"""
-Machine: {data["machine"]}; {budget["threads_per_run"]} torch thread(s) per run. {budget["note"]}
+Machine: {data["machine"]}; torch threads per run: {budget["threads_per_run"]}. {budget["note"]}
 Command: `python -m bench.train_busi seeds {recipes} {options}--seeds {len(budget["seeds_planned"])} --epochs {budget["epochs"]:g}`
 (resumable: a seed whose run folder holds metrics.json is read, not retrained; `--render-only`
 rewrites this section from `bench/results/train_busi_seeds.json`). Seeds finished: {done}.
@@ -323,4 +323,61 @@ Selection (mean validation balanced accuracy over seeds {", ".join(map(str, data
 Benchmark model (the median seed of `{data["recipe"]}` by validation balanced accuracy, never by
 test): seed {model["seed"]}, `{model["run_dir"]}` (validation balanced accuracy
 {model["validation_balanced_accuracy"]:.3f}, test {model["test_balanced_accuracy"]:.3f}).
+"""
+
+
+def training_cost(presets: tuple[str, ...] = ("small", "small-224"), repeats: int = 2) -> dict[str, Any]:
+    """CPU seconds per training image (forward, backward, AdamW step; batch 32, one thread) of
+    each preset. Process time, not wall time: on a shared machine it is the cost, not the share of
+    the CPU a run happened to get. The fastest of 3 steps after a warm-up, best of ``repeats``."""
+    import torch
+
+    from bench.common import machine
+    from medvit_edge.train.models import load_model
+
+    torch.set_num_threads(1)
+    cost: dict[str, float] = {}
+    for preset in presets * repeats:
+        model, spec = load_model(preset, ["benign", "malignant", "normal"])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        pixels, labels = torch.randn(32, 3, spec.size, spec.size), torch.randint(0, 3, (32,))
+        times = []
+        for _ in range(4):
+            started = time.process_time()
+            model(pixel_values=pixels, labels=labels).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            times.append(time.process_time() - started)
+        cost[preset] = min(cost.get(preset, float("inf")), min(times[1:]) / 32)
+    return {"machine": machine(), "threads": 1, "batch": 32, "cpu_s_per_image": cost}
+
+
+def cost_text(cost: dict[str, Any], seeds: dict[str, Any] | None) -> str:
+    """The 224 px model's training time on this CPU, from the measured cost per image."""
+    per_image = cost["cpu_s_per_image"]
+    images = 467  # BUSI training images after carving validation (seed 0)
+    lines = [
+        f"| `{p}` | {c * 1000:.1f} | {1 / c:.1f} | {images * c / 60:.2f} | {150 * images * c / 3600:.1f} |"
+        for p, c in per_image.items()
+    ]
+    shared = ""
+    if seeds:
+        rate = seeds["budget"]["train_samples_per_second"]
+        measured = min(s["mean"] for s in rate.values())
+        hours = 5 * 150 * images / measured / 3600 * per_image["small-224"] / per_image["small"]
+        shared = (
+            f" At the rate the seed runs above actually got on the shared machine ({measured:.1f} "
+            f"`small` images/s), 5 seeds × 150 epochs of `small-224` would take about {hours:.0f} hours: "
+            "the 224 px benchmark model does not fit this CPU budget and is left for a GPU."
+        )
+    return f"""
+Machine: {cost["machine"]}. Command: `python -m bench.train_busi cost`. CPU time per training
+image (forward, backward, AdamW; batch 32, one thread), measured as process time so that sharing
+the CPU does not change it; training epochs exclude the per-epoch validation pass.
+
+| preset | CPU ms / image | images/s on one free core | min / epoch ({images} images) | hours / 150 epochs |
+|---|---|---|---|---|
+{chr(10).join(lines)}
+
+`small-224` costs {per_image["small-224"] / per_image["small"]:.1f}x `small` per image.{shared}
 """
