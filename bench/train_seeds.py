@@ -309,7 +309,9 @@ def section_text(data: dict[str, Any]) -> str:
     model = data["benchmark_model"]
     return f"""{_header(data)}
 Test split, mean ± sd over seeds (min–max); the recipes are compared on validation balanced
-accuracy ({data["selection"]["rule"]}):
+accuracy ({data["selection"]["rule"]}). The validation number is the best checkpoint's, picked on
+those same validation images, so it is biased upward, the more so the noisier a recipe's
+validation curve: with few seeds it can prefer a recipe that is no better on test.
 
 | recipe | seeds | val. balanced acc. | test accuracy | test balanced acc. | test macro-F1 | recall {" / ".join(data["summary"]["test"]["recall"])} |
 |---|---|---|---|---|---|---|
