@@ -40,6 +40,7 @@ def _record(seed: int, validation: float, test: float) -> dict[str, Any]:
         "run_dir": f"models/seeds/r/seed-{seed}",
         "validation": split(validation),
         "test": split(test),
+        "validation_curve": [0.3] * 10 + [validation - 0.1] * 5,
         "train_samples_per_second": 20.0,
         "parameters": 2_800_000,
         "config": {"seed": seed, "epochs": 25},
@@ -91,9 +92,10 @@ def test_recipe_selected_on_mean_validation_balanced_accuracy() -> None:
     assert lucky["recipe"] == "b" and lucky["selection"]["compared_on_seeds"] == [0, 1]
     text = section_text(data)
     assert "NOT reached: 0.500 over 2 seeds" in text
-    assert "| `b` (selected) | 2 | 0.680 ± 0.028 | 0.500 ± 0.000 (0.50–0.50)" in text
+    assert "| `b` (selected) | 2 | 0.680 ± 0.028 | 0.580 ± 0.028 | 0.500 ± 0.000 (0.50–0.50)" in text
     assert (
-        "| majority class (always benign) | – | 0.333 | 0.558 | 0.333 | 0.239 | 1.00 / 0.00 / 0.00 |" in text
+        "| majority class (always benign) | – | 0.333 | 0.333 | 0.558 | 0.333 | 0.239 | 1.00 / 0.00 / 0.00 |"
+        in text
     )
     assert "seed 1, `models/seeds/r/seed-1`" in text
 
