@@ -397,8 +397,10 @@ def cost_text(cost: dict[str, Any], seeds: dict[str, Any] | None) -> str:
         )
     return f"""
 Machine: {cost["machine"]}. Command: `python -m bench.train_busi cost`. CPU time per training
-image (forward, backward, AdamW; batch 32, one thread), measured as process time so that sharing
-the CPU does not change it; training epochs exclude the per-epoch validation pass.
+image (forward, backward, AdamW; batch 32, one thread), measured as process time, which other jobs change far less than
+wall time, though not by nothing (caches, clocks: on this machine under load average ~10 it
+measured 23.0 / 66.8 ms, idle 16.0 / 55.7 ms); training epochs exclude the per-epoch validation
+pass.
 
 | preset | CPU ms / image | images/s on one free core | min / epoch ({images} images) | hours / 150 epochs |
 |---|---|---|---|---|

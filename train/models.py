@@ -27,7 +27,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         intermediate_size=768,
     ),
     # "small" at the cookbook's geometry (224 px, 196 patch tokens), so speed and token merging
-    # can be measured where the product runs; about 3x the CPU time of "small" per training image (measured).
+    # can be measured where the product runs; about 3-3.5x the CPU time of "small" per training
+    # image (measured).
     "small-224": dict(
         image_size=224,
         patch_size=16,
