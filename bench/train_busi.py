@@ -10,11 +10,23 @@ synthetic 224x224 batches): samples/s of the cookbook settings (fp32, eager atte
 versus bf16 + SDPA, and bf16 + SDPA + torch.compile, through the same Trainer code path.
 
     python -m bench.train_busi gpu [--steps 60]
+
+Seeds (the spread of the test numbers over N seeds of each recipe, the recipe chosen on
+validation balanced accuracy, and the benchmark model = its median seed by validation):
+
+    python -m bench.train_busi seeds [--recipe from-scratch --recipe scratch-balanced]
+        [--seeds 5] [--epochs 25] [--model small] [--workers 0] [--root models/seeds]
+        [--note TEXT] [--available-only] [--render-only]
+
+Training cost per image of small vs small-224 (process time, one thread; valid on a shared CPU):
+
+    python -m bench.train_busi cost
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -133,17 +145,64 @@ def gpu_benchmark(steps: int) -> dict[str, Any]:
     return {"machine": machine(), "steps": steps, "results": results}
 
 
+def seeds_benchmark(args: argparse.Namespace) -> None:
+    from bench.common import RESULTS
+    from bench.train_seeds import SeedPlan, build_result, render_section, run_seeds
+
+    # one file (and section) per preset: a small-224 run must not overwrite the 128 px numbers
+    name = "train_busi_seeds" if args.model == "small" else f"train_busi_seeds-{args.model}"
+    path = RESULTS / f"{name}.json"
+    if args.render_only:
+        render_section(json.loads(path.read_text()))
+        return
+    recipes = args.recipe or ["from-scratch", "scratch-balanced"]
+    seeds = list(range(args.seeds))
+    plan = SeedPlan(args.epochs or 25, args.root.resolve(), args.model, args.workers)
+    per_recipe = {r: run_seeds(r, seeds, plan, args.available_only) for r in recipes}
+    data = build_result(per_recipe, plan, seeds, args.note)
+    save_json(name, data)
+    render_section(data)
+
+
+def cost_benchmark() -> None:
+    """small vs small-224: what a 224 px model costs to train on this CPU."""
+    from bench.common import RESULTS
+    from bench.train_seeds import cost_text, training_cost
+
+    data = training_cost()
+    save_json("train_cost_cpu", data)
+    seeds = RESULTS / "train_busi_seeds.json"
+    update_section(
+        "Training cost per image: small vs small-224 (CPU)",
+        cost_text(data, json.loads(seeds.read_text()) if seeds.is_file() else None),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=["cpu", "gpu"])
-    parser.add_argument("--epochs", type=float, default=150)
+    parser.add_argument("mode", choices=["cpu", "gpu", "seeds", "cost"])
+    parser.add_argument("--epochs", type=float, help="cpu: default 150; seeds: default 25")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--output", type=Path, default=Path("models/bench-small-busi"))
+    parser.add_argument("--recipe", action="append", help="seeds: a train recipe (repeatable)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds: how many (0..N-1)")
+    parser.add_argument("--root", type=Path, default=Path("models/seeds"), help="seeds: run folders")
+    parser.add_argument("--model", default="small", help="seeds: preset (small, small-224)")
+    parser.add_argument("--workers", type=int, default=0, help="seeds: dataloader processes per run")
+    parser.add_argument("--note", default="", help="seeds: how the machine was shared, for the section")
+    parser.add_argument(
+        "--available-only", action="store_true", help="seeds: train nothing, report finished seeds"
+    )
+    parser.add_argument("--render-only", action="store_true", help="seeds: rewrite the section from the JSON")
     args = parser.parse_args()
-    if args.mode == "cpu":
-        data = cpu_benchmark(args.epochs, args.output)
+    if args.mode == "seeds":
+        seeds_benchmark(args)
+    elif args.mode == "cost":
+        cost_benchmark()
+    elif args.mode == "cpu":
+        data = cpu_benchmark(args.epochs or 150, args.output)
         save_json("train_busi_cpu", data)
         write_cpu_section(data)
     else:

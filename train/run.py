@@ -225,32 +225,48 @@ def training_arguments(cfg: TrainConfig) -> Any:
 
 
 def build_trainer(cfg: TrainConfig, args: Any, bundle: DataBundle, model: Any, spec: Any) -> Any:
-    from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_callback import ProgressCallback as HFProgressCallback
 
-    from .trainer import ProgressCallback, class_weighted_loss
+    from .regularisation import Mixing, RecipeTrainer, add_drop_path, balanced_weights
+    from .trainer import ProgressCallback
 
     train_set = ImageDataset(
         bundle.split("train"),
         bundle.labels,
-        torchvision_transforms(spec, train=True, crop_scale=cfg.crop_scale),
+        torchvision_transforms(spec, train=True, crop_scale=cfg.crop_scale, augment=cfg.augment),
     )
     val_set = ImageDataset(
         bundle.split("validation"), bundle.labels, torchvision_transforms(spec, train=False)
     )
-    trainer = Trainer(
+    add_drop_path(model, cfg.drop_path)
+    train_labels = [train_set.index[s.label] for s in train_set.samples]
+    trainer = RecipeTrainer(
         model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=val_set,
         compute_metrics=make_compute_metrics(bundle.labels),
-        compute_loss_func=class_weighted_loss(_class_weights(bundle)) if cfg.class_weighted_loss else None,
+        compute_loss_func=_loss_function(cfg, bundle),
         callbacks=[ProgressCallback(cfg.metric_for_best_model, enabled=cfg.progress)],
+        sample_weights=balanced_weights(train_labels) if cfg.balanced_sampling else None,
+        mixing=Mixing(len(bundle.labels), cfg.mixup_alpha, cfg.cutmix_alpha),
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(HFProgressCallback)
     return trainer
+
+
+def _loss_function(cfg: TrainConfig, bundle: DataBundle) -> Any:
+    """None (the model's own cross-entropy) unless a setting changes the loss. Mixed batches have
+    soft labels, which the model's loss would take for multi-label targets."""
+    from .regularisation import recipe_loss
+
+    mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
+    if not (cfg.class_weighted_loss or cfg.label_smoothing > 0 or mixing):
+        return None
+    weights = _class_weights(bundle) if cfg.class_weighted_loss else None
+    return recipe_loss(weights, cfg.label_smoothing)
 
 
 def _class_weights(bundle: DataBundle) -> list[float]:

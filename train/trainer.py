@@ -1,9 +1,9 @@
-"""Trainer pieces: class-weighted loss, a one-line-per-epoch progress report, precision flags."""
+"""Trainer pieces: a one-line-per-epoch progress report, precision flags (the losses are in
+``regularisation``)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,19 +24,6 @@ def precision_flags(precision: str, cuda: bool | None = None) -> dict[str, bool]
         torch.backends.cuda.matmul.allow_tf32 = True  # Ampere+: TF32 for the fp32 remainder
         torch.backends.cudnn.allow_tf32 = True
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
-
-
-def class_weighted_loss(class_weights: list[float]) -> Callable[..., Any]:
-    """A ``compute_loss_func`` for the Trainer: cross-entropy weighted per class."""
-    weights = torch.tensor(class_weights, dtype=torch.float32)
-
-    def loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
-        logits = outputs.logits
-        return torch.nn.functional.cross_entropy(
-            logits, labels, weight=weights.to(logits.device, logits.dtype)
-        )
-
-    return loss
 
 
 class ProgressCallback(TrainerCallback):

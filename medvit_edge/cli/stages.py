@@ -25,6 +25,7 @@ from medvit_edge.runtime.recommend import export_latency_scope
 from medvit_edge.train.config import (
     COOKBOOK_MODEL,
     Attention,
+    Augment,
     Precision,
     Recipe,
     ReportTo,
@@ -48,7 +49,7 @@ def _train_setting(flag: str, field: str, help_text: str, kind: Any = str) -> An
 
 
 @click.command()
-@_train_setting("--model", "model", "Hub id, save_pretrained folder, or preset: tiny, small.")
+@_train_setting("--model", "model", "Hub id, save_pretrained folder, or preset: tiny, small, small-224.")
 @_train_setting("--data", "data", "Hub dataset id, class-folder directory, or split CSV.")
 @_train_setting(
     "--output",
@@ -60,8 +61,9 @@ def _train_setting(flag: str, field: str, help_text: str, kind: Any = str) -> An
 @click.option(
     "--recipe",
     type=click.Choice(choices(Recipe)),
-    help="Named settings to start from: cookbook (fine-tuning a hub model) or from-scratch "
-    "(random init). [default: from-scratch for --model tiny|small, else cookbook]",
+    help="Named settings to start from: cookbook (fine-tuning); from-scratch, scratch-balanced, "
+    "scratch-strong (presets trained from random init; see docs/train-recipes.md). "
+    "[default: from-scratch for --model tiny|small, else cookbook]",
 )
 @_train_setting("--epochs", "epochs", "Training epochs.", float)
 @click.option(
@@ -83,6 +85,16 @@ def _train_setting(flag: str, field: str, help_text: str, kind: Any = str) -> An
     "--class-weighted-loss/--no-class-weighted-loss",
     default=None,
     help="Weight the loss by inverse class frequency.",
+)
+@_train_setting("--augment", "augment", "Extra training augmentation after crop and flip.", Augment)
+@_train_setting("--label-smoothing", "label_smoothing", "Label smoothing of the cross-entropy.", float)
+@_train_setting("--mixup", "mixup_alpha", "Mixup Beta(a, a); 0 turns it off.", float)
+@_train_setting("--cutmix", "cutmix_alpha", "CutMix Beta(a, a); 0 turns it off.", float)
+@_train_setting("--drop-path", "drop_path", "Stochastic depth of the last block.", float)
+@click.option(
+    "--balanced-sampling/--no-balanced-sampling",
+    default=None,
+    help="Draw training images so that every class is equally likely.",
 )
 @_train_setting("--precision", "precision", "auto: bf16 on capable GPUs, fp32 on CPU.", Precision)
 @_train_setting("--attn", "attn_implementation", "Attention kernel.", Attention)
