@@ -81,16 +81,6 @@ def export(cfg: ExportConfig) -> ExportResult:
     return result
 
 
-def _model_quality(exporter: Exporter) -> dict[str, Any] | None:
-    """A file "passed" when it gives the PyTorch model's results; whether that model is any good
-    is its accuracy on the labelled validation images, which the CLI prints beside the
-    majority-class baseline (medvit_edge.evaluation.verdict)."""
-    label_ids = exporter.validation.label_ids
-    if label_ids is None:
-        return None
-    return classification_metrics(label_ids, exporter.reference.argmax(axis=1), exporter.labels)
-
-
 def _model_quality(ctx: ExportContext) -> dict[str, Any] | None:
     """A file "passed" when it gives the PyTorch model's results; whether that model is any good
     is its accuracy on the labelled validation images, which the CLI prints beside the
