@@ -49,8 +49,6 @@ class ExportResult:
     manifest: Manifest
     # the PyTorch model's own metrics on the labelled validation images (None: no labels)
     pytorch_metrics: dict[str, Any] | None = None
-    # the PyTorch model's own metrics on the labelled validation images (None: no labels)
-    pytorch_metrics: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[str]:
