@@ -155,7 +155,8 @@ def test_config_file_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "recipe.yaml"
     path.write_text("epochs: 3\nlearning_rate: 0.001\nmodel: tiny\n")
     cfg = TrainConfig.from_file(path, epochs=5)
-    assert (cfg.epochs, cfg.learning_rate, cfg.model, cfg.train_batch_size) == (5, 0.001, "tiny", 10)
+    # a preset model without a recipe takes the from-scratch recipe (batch 32)
+    assert (cfg.epochs, cfg.learning_rate, cfg.model, cfg.train_batch_size) == (5, 0.001, "tiny", 32)
     path.write_text("epochz: 3\n")
     from medvit_edge.errors import UserError
 

@@ -91,7 +91,8 @@ def write_weights_digest(weights: Path, digest: str | None = None) -> None:
 
 def _read_digest(path: Path, name: str, changed_ns: int) -> str | None:
     try:
-        if os.stat(path).st_mtime_ns < changed_ns:
+        # strictly newer: a coarse clock can give a rewrite the digest's own timestamp
+        if os.stat(path).st_mtime_ns <= changed_ns:
             return None  # the weights changed after the digest was written
         digest, _, listed = path.read_text(encoding="utf-8").strip().partition("  ")
     except (OSError, UnicodeDecodeError):
