@@ -24,6 +24,17 @@ Augment = Literal["none", "trivial", "randaugment"]
 # "from-scratch" is for the offline presets (tiny, small) trained from random init: such a ViT
 # wants a far higher learning rate than fine-tuning, some warm-up, and gentler crops (a crop that
 # misses the lesion teaches the wrong label). The demo, the tests and the CPU benchmark use it.
+_SCRATCH_BALANCED: dict[str, Any] = {
+    "learning_rate": 5e-4,
+    "train_batch_size": 32,
+    "eval_batch_size": 64,
+    "crop_scale": (0.5, 1.0),
+    "warmup_ratio": 0.1,
+    "logging_steps": 5,
+    "dataloader_workers": 0,
+    "balanced_sampling": True,
+    "label_smoothing": 0.1,
+}
 RECIPES: dict[str, dict[str, Any]] = {
     "cookbook": {},
     "from-scratch": {
@@ -39,30 +50,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     # per batch, so the rare class is learnt at all, and label smoothing against the
     # over-confidence a from-scratch ViT reaches on a few hundred images. The learning rate and
     # warm-up of the CPU benchmark's from-scratch runs (5e-4, 10%), which train more steadily.
-    "scratch-balanced": {
-        "learning_rate": 5e-4,
-        "train_batch_size": 32,
-        "eval_batch_size": 64,
-        "crop_scale": (0.5, 1.0),
-        "warmup_ratio": 0.1,
-        "logging_steps": 5,
-        "dataloader_workers": 0,
-        "balanced_sampling": True,
-        "label_smoothing": 0.1,
-    },
+    "scratch-balanced": _SCRATCH_BALANCED,
     # The DeiT / small-data-ViT regularisation on top of scratch-balanced: TrivialAugment,
     # mixup 0.8 / cutmix 1.0 (one of them per batch), stochastic depth 0.1. The literature trains
     # with it for hundreds of epochs: it slows how fast the training loss falls.
     "scratch-strong": {
-        "learning_rate": 5e-4,
-        "train_batch_size": 32,
-        "eval_batch_size": 64,
-        "crop_scale": (0.5, 1.0),
-        "warmup_ratio": 0.1,
-        "logging_steps": 5,
-        "dataloader_workers": 0,
-        "balanced_sampling": True,
-        "label_smoothing": 0.1,
+        **_SCRATCH_BALANCED,
         "augment": "trivial",
         "mixup_alpha": 0.8,
         "cutmix_alpha": 1.0,
