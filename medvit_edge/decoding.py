@@ -12,6 +12,7 @@ most ``window`` files in flight, and come back in input order.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,11 +22,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medvit_edge.files import sha256_file
 from medvit_edge.images import ImageDecodeError, refuse_constant
 from medvit_edge.inputs import InputFile
 from medvit_edge.preprocess import PreprocessSpec, preprocess
-from medvit_edge.reader import NO_IDS, ids_of_error, read_file
+from medvit_edge.reader import NO_IDS, ids_of_error, read_bytes, read_file
 from medvit_edge.runtime import raw_pixels
 
 # (frame index, preprocessed tensor or that frame's error)
@@ -54,16 +54,22 @@ class FailedFile(str):
         return failed
 
 
-def decode_file(path: Path, spec: PreprocessSpec, digest: bool = False, raw: bool = False) -> DecodedFrames:
+def decode_file(
+    path: Path, spec: PreprocessSpec, digest: bool = False, raw: bool = False, data: bytes | None = None
+) -> DecodedFrames:
     """One file -> its preprocessed frames (a single image is frame 0). A blank frame of a
     multi-frame file is that frame's error (a cine loop keeps its other frames); a blank
-    single-frame file is an ``ImageDecodeError``. ``digest``: also hash the file's bytes.
-    ``raw``: the frames as the RGB uint8 (H, W, 3) arrays a raw-input model takes."""
-    decoded = read_file(path, check_constant=False)
+    single-frame file is an ``ImageDecodeError``. ``digest``: the file is read once into memory,
+    hashed and decoded from those very bytes (``data``: bytes already read). ``raw``: the frames
+    as the RGB uint8 (H, W, 3) arrays a raw-input model takes."""
+    if digest and data is None:
+        data = read_bytes(path)
+    decoded = read_file(path, check_constant=False, data=data)
     if len(decoded.frames) == 1:
         refuse_constant(decoded.frames[0], str(path))
     frames = [(i, _frame_tensor(path, i, frame, spec, raw)) for i, frame in enumerate(decoded.frames)]
-    return DecodedFrames(frames, decoded.ids.columns(), _digest(path) if digest else "")
+    sha256 = hashlib.sha256(data).hexdigest() if digest and data is not None else ""
+    return DecodedFrames(frames, decoded.ids.columns(), sha256)
 
 
 def _frame_tensor(
@@ -78,25 +84,25 @@ def _frame_tensor(
     return preprocess(frame, spec)
 
 
-def _digest(path: Path) -> str:
-    try:
-        return sha256_file(path)
-    except OSError:  # unreadable: the decode error already says why
-        return ""
-
-
 def decode_safely(
     item: InputFile, spec: PreprocessSpec, digest: bool = False, raw: bool = False
 ) -> DecodedFrames | FailedFile:
-    """``decode_file``, with every failure turned into a ``FailedFile`` (one row, never the run)."""
+    """``decode_file``, with every failure turned into a ``FailedFile`` (one row, never the run).
+    With ``digest`` the file is read once: a failed decode carries the hash of the bytes read."""
     if item.error:
         return FailedFile(item.error)
+    data, sha256 = None, ""
     try:
-        return decode_file(item.path, spec, digest, raw)
+        if digest:
+            data = read_bytes(item.path)
+            sha256 = hashlib.sha256(data).hexdigest()
+        return decode_file(item.path, spec, digest, raw, data)
     except ImageDecodeError as exc:
-        return FailedFile(str(exc), ids_of_error(exc).columns(), _digest(item.path) if digest else "")
+        return FailedFile(str(exc), ids_of_error(exc).columns(), sha256)
+    except MemoryError:
+        return FailedFile(f"{item.path}: not enough memory to decode it", sha256=sha256)
     except Exception as exc:  # a decoder bug must cost one row, never the whole run
-        return FailedFile(f"{item.path}: unexpected {type(exc).__name__}: {exc}")
+        return FailedFile(f"{item.path}: unexpected {type(exc).__name__}: {exc}", sha256=sha256)
 
 
 def decoded_in_order(

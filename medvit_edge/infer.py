@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from medvit_edge.audit import AuditLog, ModelIdentity, audit_rows
+from medvit_edge.audit import AuditLog, ModelIdentity, audit_rows, check_audit_path
 from medvit_edge.decoding import decode_file, decoded_in_order
 from medvit_edge.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE, ModelLoadError, UserError, printable
 from medvit_edge.inputs import InputFile, collect_inputs
@@ -330,6 +330,8 @@ def infer(cfg: InferConfig, classifier: Classifier | None = None) -> InferSummar
         readable = [item.path for item in items if not item.error]
         protected = readable + ([cfg.labels_csv] if cfg.labels_csv else [])
         check_output(cfg.output, protected)
+    if cfg.audit_log is not None:
+        check_audit_path(cfg.audit_log, cfg.output)
     if cfg.dicom_out is not None:
         from medvit_edge.dicom_out import check_report_folder
 
