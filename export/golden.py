@@ -1,11 +1,18 @@
-"""Golden files: a few real validation images with what every exported variant gives on them.
+"""Golden files: a few images with what every exported variant gives on them.
 
-``onnx/golden/`` holds, for each image, the decoded RGB pixels as a PNG and as a uint8 ``.npy``
-array (exactly what a raw-input file takes), the exact preprocessed float32 tensor of all of
-them (``pixel_values.npy``, what the numpy-path files take), and ``golden.json``: per variant
-name, its file, sha256, input kind, tolerance and expected probabilities. A native integration
-can check its own decoding, preprocessing and inference number by number against them;
-``medvit-edge check`` (medvit_edge/golden.py) re-runs them on a new device.
+``onnx/golden/`` travels with the deployed files, so by default its images are **synthetic
+phantoms** (``medvit_edge.demo.phantom``: speckle, a scan sector, a lesion or none), never patient
+pixels: ultrasound burns names, dates and IDs into the image itself, which no metadata stripping
+removes. Real validation images are written only when ``--golden-images N`` asks for them (the
+model card then says so); ``--golden-images 0`` writes no golden files.
+
+The folder holds, for each image, the decoded RGB pixels as a PNG and as a uint8 ``.npy`` array
+(exactly what a raw-input file takes), the exact preprocessed float32 tensor of all of them
+(``pixel_values.npy``, what the numpy-path files take), and ``golden.json``: where the images
+come from (``source``), and per variant name its file, sha256, input kind, tolerance and expected
+probabilities. A native integration can check its own decoding, preprocessing and inference
+number by number against them; ``medvit-edge check`` (medvit_edge/golden.py) re-runs them on a
+new device. ``golden.json``'s sha256 is in ``manifest.json``.
 
 Images are named ``image-N`` (never by their source file name, which may identify a patient)
 and the PNGs carry no metadata.
@@ -39,20 +46,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+PHANTOM_SEED = 2024
+PHANTOM_SHAPES = ((300, 380), (340, 300), (280, 420))  # (height, width): resize and crop exercised
+
+
 def write_golden(exporter: Exporter, manifest: Manifest) -> Manifest:
     """Write ``OUTPUT/golden/`` (replacing an earlier one whole) and return the manifest with its
     record; the manifest is returned unchanged when no golden images are asked for."""
-    cfg, validation = exporter.cfg, exporter.validation
+    cfg = exporter.cfg
     assert cfg.output is not None
-    picks = pick_images(validation.label_ids, len(validation.frames), cfg.golden_images)
-    if not picks:
+    frames, labels, source = golden_frames(exporter)
+    if not frames:
         return manifest
-    frames = [np.ascontiguousarray(validation.frames[i], dtype=np.uint8) for i in picks]
-    ids = validation.label_ids
-    labels = [exporter.labels[int(ids[i])] if ids is not None else None for i in picks]
     scratch = Path(tempfile.mkdtemp(prefix=".golden-", dir=cfg.output))
     try:
         index = _write_files(scratch, frames, labels, exporter)
+        index["source"] = source
         index["variants"] = {r.variant: _expected(cfg.output / r.file, r, frames) for r in manifest.variants}
         _write_index(scratch / GOLDEN_INDEX, index)
         _swap_in(scratch, cfg.output / GOLDEN_FOLDER)
@@ -64,9 +73,35 @@ def write_golden(exporter: Exporter, manifest: Manifest) -> Manifest:
         sha256=sha256_file(cfg.output / GOLDEN_FOLDER / GOLDEN_INDEX),
         images=len(frames),
         variants=tuple(index["variants"]),
+        source=source,
     )
-    logger.info("golden files: %d images, %d variants", len(frames), len(record.variants))
+    logger.info("golden files: %d %s images, %d variants", len(frames), source, len(record.variants))
     return replace(manifest, golden=record)
+
+
+def golden_frames(exporter: Exporter) -> tuple[list[np.ndarray], list[str | None], str]:
+    """(RGB uint8 frames, their labels, source): synthetic phantoms unless real validation
+    images are asked for by number; none for ``--golden-images 0``."""
+    count, validation = exporter.cfg.golden_images, exporter.validation
+    if count is None:
+        return phantom_frames(), [None] * len(PHANTOM_SHAPES), "phantom"
+    picks = pick_images(validation.label_ids, len(validation.frames), count)
+    frames = [np.ascontiguousarray(validation.frames[i], dtype=np.uint8) for i in picks]
+    ids = validation.label_ids
+    labels = [exporter.labels[int(ids[i])] if ids is not None else None for i in picks]
+    return frames, labels, "validation"
+
+
+def phantom_frames() -> list[np.ndarray]:
+    """Synthetic ultrasound-like RGB images (one of each phantom kind), the same for every export."""
+    from medvit_edge.demo.phantom import PHANTOM_LABELS, make_phantom
+
+    rng = np.random.default_rng(PHANTOM_SEED)
+    frames = []
+    for kind, (height, width) in zip(PHANTOM_LABELS, PHANTOM_SHAPES):
+        grey = make_phantom(kind, height, width, rng)
+        frames.append(np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2)))
+    return frames
 
 
 def pick_images(label_ids: np.ndarray | None, total: int, count: int) -> list[int]:

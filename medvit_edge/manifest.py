@@ -112,7 +112,7 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class GoldenRecord:
-    """The golden files (``golden/``): real images with every variant's expected probabilities,
+    """The golden files (``golden/``): images with every variant's expected probabilities,
     re-run by ``medvit-edge check`` on a new device (medvit_edge/golden.py)."""
 
     folder: str
@@ -120,6 +120,9 @@ class GoldenRecord:
     sha256: str  # of that JSON file, which lists every other golden file's sha256
     images: int
     variants: tuple[str, ...]
+    # "phantom": synthetic images (the default, no patient pixels); "validation": real images
+    # asked for with --golden-images (manifests written before this field hold real ones)
+    source: str = "validation"
 
 
 @dataclass(frozen=True)
