@@ -181,11 +181,13 @@ class Exporter:
 
     def raw_twin(self, variant: Variant) -> VariantRecord:
         """The base variant's file (as built above) with the preprocessing graph in front and a
-        softmax behind (export/raw.py); validated on the decoded images against PyTorch on the
+        decision policy behind: calibrated probabilities and the decision (export/raw.py); validated on the decoded images against PyTorch on the
         numpy path's tensors, so the in-graph resize's differences count."""
         started = time.perf_counter()
         assert variant.base is not None
-        props = add_raw_input(self.path(VARIANTS[variant.base]), self.path(variant), self.spec)
+        props = add_raw_input(
+            self.path(VARIANTS[variant.base]), self.path(variant), self.spec, self.policy, self.labels
+        )
         quantization = json.loads(props["quantization"]) if "quantization" in props else None
         return self.finish(variant, started, quantization)
 
