@@ -114,7 +114,9 @@ class ExportConfig:
             raise UserError("calibration_size and batch_size must be at least 1")
         if self.max_validation_images is not None and self.max_validation_images < 1:
             raise UserError("max_validation_images must be at least 1")
-        if (self.golden_images is not None and self.golden_images < 0) or (self.model_version is not None and self.model_version < 1):
+        if (self.golden_images is not None and self.golden_images < 0) or (
+            self.model_version is not None and self.model_version < 1
+        ):
             raise UserError("golden_images must be 0 or more and model_version at least 1")
         if self.raw_input and self.opset is not None and self.opset < RAW_INPUT_MIN_OPSET:
             raise UserError(

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from medvit_edge.checkpoint import load_spec
 from medvit_edge.errors import UserError
 from medvit_edge.files import sha256_file
 from medvit_edge.manifest import MANIFEST_NAME, Manifest, Validation, VariantRecord
@@ -37,6 +36,7 @@ from .int8 import guarded_int8
 from .openvino import build_openvino_fp32, openvino_int8_builder, write_ir_metadata
 from .policy import export_policy
 from .raw import add_raw_input, check_spec
+from .run_folder import check_run_folder, load_model, load_run_spec, model_files, remove_unvalidated
 from .validate import compare, load_validation_set, torch_logits
 from .variants import fix_input_shape, hf_to_onnx, onnx_to_fp16, optimize_onnx, write_metadata
 
@@ -60,7 +60,20 @@ class ExportResult:
 
 
 def export(cfg: ExportConfig) -> ExportResult:
-    """Export every requested variant of ``cfg.run_dir`` into ``cfg.output`` and validate it."""
+    """Export every requested variant of ``cfg.run_dir`` into ``cfg.output`` and validate it.
+    An export that stops (an error, Ctrl-C) removes the model files it wrote: a file no manifest
+    vouches for must not be found and deployed."""
+    before = model_files(cfg)
+    try:
+        return _export(cfg)
+    except ExportValidationError:
+        raise  # every file was validated and the manifest marks the failed ones
+    except BaseException:
+        remove_unvalidated(cfg, before)
+        raise
+
+
+def _export(cfg: ExportConfig) -> ExportResult:
     exporter = Exporter(cfg)
     with tempfile.TemporaryDirectory() as scratch:
         exporter.scratch = Path(scratch)
@@ -85,15 +98,11 @@ class Exporter:
     and builds one variant per method; ``build`` dispatches a table row to its method."""
 
     def __init__(self, cfg: ExportConfig):
-        from transformers import AutoModelForImageClassification
-
         self.cfg = cfg
-        weights = sorted(cfg.run_dir.glob("*.safetensors"))
-        if not weights:
-            raise UserError(f"{cfg.run_dir}: no safetensors weights (only safetensors are loaded)")
-        model = AutoModelForImageClassification.from_pretrained(cfg.run_dir, use_safetensors=True).eval()
-        self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        self.spec = load_spec(cfg.run_dir)
+        weights, _ = check_run_folder(cfg.run_dir)  # one line for a damaged or hostile folder
+        self.spec = load_run_spec(cfg.run_dir)
+        model = load_model(cfg.run_dir)
+        self.labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
         if cfg.raw_input:
             check_spec(self.spec)  # before any variant is built
         cfg.output.mkdir(parents=True, exist_ok=True)
@@ -181,7 +190,7 @@ class Exporter:
 
     def raw_twin(self, variant: Variant) -> VariantRecord:
         """The base variant's file (as built above) with the preprocessing graph in front and a
-        decision policy behind: calibrated probabilities and the decision (export/raw.py); validated on the decoded images against PyTorch on the
+        decision policy behind (export/raw.py); validated on the decoded images against PyTorch on the
         numpy path's tensors, so the in-graph resize's differences count."""
         started = time.perf_counter()
         assert variant.base is not None
