@@ -20,7 +20,7 @@ import click
 
 from medvit_edge.commands import benchmark, reports, run, stages
 from medvit_edge.commands.common import require  # noqa: F401  (the stage check, for scripts and tests)
-from medvit_edge.errors import EXIT_UNUSABLE, UserError, printable
+from medvit_edge.errors import EXIT_INTERRUPTED, EXIT_UNUSABLE, UserError, printable
 
 
 def _version() -> str:
@@ -56,11 +56,15 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 class _Commands(click.Group):
     """A user's mistake (``UserError``, or an OS error such as a missing or unwritable file)
-    becomes one line and its exit code; anything else is a bug and keeps its traceback."""
+    becomes one line and its exit code; anything else is a bug and keeps its traceback. Ctrl-C
+    (SIGINT) exits 130, the shell's code for it, never 1 ("some inputs failed")."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: nothing more was written", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except (UserError, OSError) as exc:
             if ctx.params.get("debug"):
                 raise

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from medvit_edge.errors import EXIT_OK, EXIT_SOME_FAILED, ModelLoadError, printable
+from medvit_edge.errors import EXIT_OK, EXIT_SOME_FAILED, ModelLoadError, UserError, printable
 from medvit_edge.files import sha256_file
 from medvit_edge.images import load_image
 from medvit_edge.manifest import Manifest
@@ -85,6 +85,8 @@ class GoldenSet:
 
 def check(model: Path, device: Device = "auto", threads: int | None = None) -> CheckReport:
     """Re-run the golden files of a model folder (every variant present) or of one model file."""
+    if threads is not None and threads < 0:
+        raise UserError(f"--threads must be 0 (all cores) or more, got {threads}")
     folder, only = _model_folder(Path(model))
     golden = read_golden(folder)
     entries = golden.index["variants"]
