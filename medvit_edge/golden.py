@@ -21,6 +21,7 @@ they were made for (``ModelLoadError``). Needs numpy, Pillow and onnxruntime onl
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -186,6 +187,8 @@ def _check_variant(
     file, tolerance = str(entry.get("file", "")), float(entry.get("tolerance", 0.0))
     path = golden.folder.parent / file
     if not path.is_file():
+        if os.path.lexists(path):  # a FIFO, device or dangling link is not "not deployed"
+            raise ModelLoadError(f"{path}: not a regular file")
         return VariantCheck(name, file, "not present", tolerance)
     if not backend_installed(path) or (path.suffix == ".xml" and device not in ("auto", "cpu")):
         # an IR runs through OpenVINO on the CPU only: not checkable on this install/device

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from medvit_edge.errors import ModelLoadError
 from medvit_edge.files import write_json_atomic
 from medvit_edge.options import literal_values
 
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest is kilobytes
 MANIFEST_NAME = "manifest.json"
 Status = Literal["passed", "failed"]
 
@@ -156,9 +158,15 @@ class Manifest:
         unusable."""
         path = folder / MANIFEST_NAME
         if not path.is_file():
+            if os.path.lexists(path):  # a FIFO, device or dangling link must not pass for "none"
+                raise ModelLoadError(f"{path}: not a regular file; cannot verify the models against it")
             return None
         try:
+            if path.stat().st_size > MAX_MANIFEST_BYTES:
+                raise ModelLoadError(f"{path}: more than {MAX_MANIFEST_BYTES} bytes; not a manifest")
             data = json.loads(path.read_bytes().decode("utf-8"))
+        except RecursionError as exc:
+            raise ModelLoadError(f"{path}: unreadable manifest (nested too deeply)") from exc
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelLoadError(f"{path}: unreadable manifest ({exc})") from exc
         try:

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from medvit_edge import cli
@@ -66,3 +68,41 @@ def test_ctrl_c_exits_130_and_writes_nothing(tiny_export: Path, busi_dir: Path, 
     _, rest = child.communicate(timeout=300)
     assert child.returncode == 130, rest
     assert "Interrupted" in rest and "Traceback" not in rest and not output.exists()
+
+
+def _hostile_folder(tiny_export: Path, target: Path, kind: str) -> Path:
+    import shutil
+
+    folder = target / kind
+    shutil.copytree(tiny_export, folder)
+    if kind == "deep-manifest":
+        (folder / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    elif kind == "fifo-manifest":
+        (folder / "manifest.json").unlink()
+        os.mkfifo(folder / "manifest.json")
+    elif kind == "device-model":
+        (folder / "model.onnx").unlink()
+        (folder / "model.onnx").symlink_to("/dev/zero")
+    elif kind == "fifo-model":
+        (folder / "model.fp16.onnx").unlink()
+        os.mkfifo(folder / "model.fp16.onnx")
+    return folder
+
+
+@needs_export
+@pytest.mark.parametrize("kind", ["deep-manifest", "fifo-manifest", "device-model", "fifo-model"])
+def test_check_info_and_benchmark_on_hostile_folders(kind: str, tiny_export: Path, tmp_path: Path) -> None:
+    """A model folder whose manifest is nested 100,000 deep or a FIFO, or whose model file is a
+    device or a FIFO: one line, never a traceback, never "agree" or a silent skip."""
+    folder = _hostile_folder(tiny_export, tmp_path, kind)
+    result = CliRunner().invoke(cli.main, ["check", str(folder)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    words = "nested too deeply" if kind == "deep-manifest" else "not a regular file"
+    assert words in result.stderr
+    result = CliRunner().invoke(cli.main, ["benchmark", str(folder), "--runs", "1", "--rounds", "1"])
+    assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
+    assert words in result.output
+    if kind.endswith("-model"):
+        name = "model.onnx" if kind == "device-model" else "model.fp16.onnx"
+        result = CliRunner().invoke(cli.main, ["info", str(folder / name)])
+        assert result.exit_code == 2 and words in result.stderr
