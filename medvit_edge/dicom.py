@@ -131,7 +131,10 @@ def _decode_frames(
     pixels = _pixel_array(dataset, path)
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric == "PALETTE COLOR":
-        pixels = apply_color_lut(pixels, dataset)
+        try:
+            pixels = apply_color_lut(pixels, dataset)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise ImageDecodeError(f"{path}: PALETTE COLOR image without a usable palette ({exc})") from exc
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     colour = int(dataset.get("SamplesPerPixel", 1)) == 3 or photometric == "PALETTE COLOR"
     if frames == 1 and pixels.ndim == (3 if colour else 2):

@@ -106,3 +106,42 @@ def test_check_info_and_benchmark_on_hostile_folders(kind: str, tiny_export: Pat
         name = "model.onnx" if kind == "device-model" else "model.fp16.onnx"
         result = CliRunner().invoke(cli.main, ["info", str(folder / name)])
         assert result.exit_code == 2 and words in result.stderr
+
+
+@needs_export
+def test_a_class_without_labelled_images_has_no_recall_to_report(
+    tiny_export: Path, busi_dir: Path, tmp_path: Path
+) -> None:
+    images = (
+        sorted((busi_dir / "benign").glob("*).png"))[:2] + sorted((busi_dir / "malignant").glob("*).png"))[:2]
+    )
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in images))
+    command = ["infer", str(tiny_export), *map(str, images), "--labels", str(labels)]
+    result = CliRunner().invoke(cli.main, [*command, "--output", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    (line,) = [text for text in result.stderr.splitlines() if text.startswith("accuracy")]
+    assert "normal n/a (no labelled images)" in line and "normal 0.000" not in line
+
+
+def test_an_expected_bad_dicom_is_never_an_unexpected_error(tmp_path: Path) -> None:
+    """A PALETTE COLOR instance without its palette is a bad input, said as such."""
+    import numpy as np
+
+    pytest.importorskip("pydicom")
+    from pydicom.uid import generate_uid
+
+    from medvit_edge.decoding import decode_safely
+    from medvit_edge.inputs import InputFile
+    from medvit_edge.preprocess import PreprocessSpec
+
+    from .hospital_dicom import clinical_dataset
+
+    ds = clinical_dataset(np.zeros((40, 50, 3), np.uint8), generate_uid(), generate_uid(), 1)
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = "PALETTE COLOR", 1
+    ds.PixelData = np.arange(2000, dtype=np.uint8).tobytes()
+    path = tmp_path / "palette.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    result = decode_safely(InputFile(path), PreprocessSpec(size=32, resize_size=32), digest=True)
+    assert isinstance(result, str) and "unexpected" not in result
+    assert "PALETTE COLOR image without a usable palette" in result

@@ -98,7 +98,9 @@ def train(config_file: Path | None, recipe: str | None, **values: Any) -> None:
     test = result.metrics.get("test")
     click.echo(f"run folder: {result.run_dir}")
     if test:
-        recalls = ", ".join(f"{k} {v['recall']:.3f}" for k, v in test["per_class"].items())
+        from medvit_edge.metrics import recall_text
+
+        recalls = recall_text(test["per_class"])
         click.echo(
             f"test accuracy {test['accuracy']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}; "
             f"recall: {recalls}"
