@@ -34,7 +34,10 @@ they were chosen on** (empirical). The refer rule is **certified** by default: w
 ``confidence`` c (export's ``--refer-confidence``, 0.9) the threshold is the one selection with
 guaranteed risk (Geifman & El-Yaniv 2017) picks, so that with probability c over the draw of the
 validation images the error *rate* among accepted new images from the same distribution (same
-scanners, same population) is at most the target. A finite batch of new images can still show
+scanners, same population) is at most the target. That guarantee assumes the confidence function
+was fixed before the certifying images were seen, so ``fit_policy`` fits the temperature and the
+operating points on one part of the validation set and certifies the refer rule on the other (a
+seeded split, recorded in ``fitted_on``: medvit_edge.refer_split). A finite batch of new images can still show
 more errors than that rate, and nothing is promised under a shift (another scanner or hospital).
 It needs validation images: at 5% risk about 90 accepted ones without an error (86 for 157
 validation images, more with errors), and export says so when there are too few. ``confidence`` 0
@@ -67,6 +70,7 @@ from medvit_edge.metrics import (
     risk_coverage,
     softmax,
 )
+from medvit_edge.refer_split import held_out_split, split_record
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +222,9 @@ class DecisionPolicy:
             rows.append(("refer", "never"))
         else:
             v, rule = self.refer.validation, self.refer
+            held = f" on {fitted['certify_images']} held-out images" if "certify_images" in fitted else ""
             certified = (
-                f", at most {v['risk_bound']:.3f} with probability {rule.confidence:g}"
+                f", at most {v['risk_bound']:.3f} with probability {rule.confidence:g}{held}"
                 if rule.confidence and "risk_bound" in v
                 else ""
             )
@@ -489,15 +494,25 @@ def fit_policy(
         raise ValueError(f"{z.shape[1]} logit columns for {len(labels)} labels")
     for spec in operating_points:
         _parse_for(spec, labels)  # every spelling and label checked before any fitting
-    temperature = fit_temperature(z, y) if calibrate else 1.0
+    # a certified rule is certified on images that fitted neither T nor the points (refer_split)
+    held_out = refer_risk is not None and refer_confidence > 0 and (calibrate or bool(operating_points))
+    fit, certify = held_out_split(len(y)) if held_out else (np.arange(len(y)), np.arange(len(y)))
+    temperature = fit_temperature(z[fit], y[fit]) if calibrate else 1.0
     scaled = DecisionPolicy(temperature)
     probabilities = scaled.probabilities(np.asarray(logits, dtype=np.float32))
-    points = tuple(choose_operating_point(probabilities, y, labels, spec) for spec in operating_points)
+    points = tuple(
+        choose_operating_point(probabilities[fit], y[fit], labels, spec) for spec in operating_points
+    )
     refer = None
     if refer_risk is not None:
         applied = points[0] if points else None
         refer = choose_refer_rule(
-            probabilities, y, refer_risk, labels=labels, operating_point=applied, confidence=refer_confidence
+            probabilities[certify],
+            y[certify],
+            refer_risk,
+            labels=labels,
+            operating_point=applied,
+            confidence=refer_confidence,
         )
     fitted_on = {
         "split": split,
@@ -505,5 +520,6 @@ def fit_policy(
         "calibrated": calibrate,
         **_calibration_stats(softmax(np.asarray(logits, dtype=np.float32)), y, "before"),
         **_calibration_stats(probabilities, y, "after"),
+        **(split_record(fit, certify) if held_out else {}),
     }
     return DecisionPolicy(temperature, points, refer, fitted_on)

@@ -104,7 +104,11 @@ def _check_fitted_on(value: Any, where: str) -> None:
     if not isinstance(value, dict):
         raise MetadataError(f"{where} must be a JSON object")
     for key, item in value.items():
-        if key == "images" or key.startswith(("nll_", "ece_", "brier_")):
+        if (
+            key == "images"
+            or key.endswith(("_images", "_seed"))
+            or key.startswith(("nll_", "ece_", "brier_"))
+        ):
             _number(item, f"{where} {key!r}")
         elif not isinstance(item, (str, bool)):
             raise MetadataError(f"{where} {key!r} must be a string or true/false")
