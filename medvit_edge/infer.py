@@ -376,8 +376,8 @@ def _classify_audited(
 ) -> tuple[list[dict[str, Any]], dict[int, str]]:
     """``classify_files``; with an audit log, every row's line is durable before any result leaves
     (an ``AuditError``, exit 2, when it cannot be written)."""
-    if cfg.audit_log is None:
-        return classify_files(items, classifier, cfg)
+    if cfg.audit_log is None:  # overlays check that they draw the bytes that were classified
+        return classify_files(items, classifier, cfg, digest=cfg.overlays is not None)
     clash = _input_at(cfg.audit_log, [item.path for item in items if not item.error])
     if clash is not None:  # appending to an input would corrupt it
         raise UserError(f"--audit-log {cfg.audit_log}: this is the input {clash}; choose another file")
