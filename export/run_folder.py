@@ -34,6 +34,9 @@ class RunFolderError(UserError):
 def check_run_folder(run_dir: Path) -> tuple[list[Path], int]:
     """(the safetensors files, the number of classes) once config.json and the weights' headers
     are sound and agree; ``RunFolderError`` otherwise."""
+    weights = sorted(run_dir.glob("*.safetensors"))
+    if not weights:
+        raise RunFolderError(f"{run_dir}: no safetensors weights (only safetensors are loaded)")
     config = read_json(run_dir / CONFIG_FILE)
     if not isinstance(config, dict):
         raise RunFolderError(f"{run_dir / CONFIG_FILE}: not a JSON object")
@@ -43,9 +46,6 @@ def check_run_folder(run_dir: Path) -> tuple[list[Path], int]:
         raise RunFolderError(
             f"{run_dir / CONFIG_FILE}: {count} labels in 'id2label'; a classifier needs 2 to {MAX_CLASSES}"
         )
-    weights = sorted(run_dir.glob("*.safetensors"))
-    if not weights:
-        raise RunFolderError(f"{run_dir}: no safetensors weights (only safetensors are loaded)")
     shapes: dict[str, list[int]] = {}
     for path in weights:
         shapes.update(safetensors_shapes(path))
