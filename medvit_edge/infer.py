@@ -155,8 +155,10 @@ def resolve_model_path(path: Path, device: str = "auto") -> Path:
 
 def check_arguments(cfg: InferConfig) -> None:
     """Numbers that would only fail after the whole run (or never finish) are refused first."""
-    if not 1 <= cfg.batch_size <= MAX_BATCH_SIZE:
-        raise UserError(f"--batch-size must be from 1 to {MAX_BATCH_SIZE}, got {cfg.batch_size}")
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.batch_size > MAX_BATCH_SIZE:  # its tensor is allocated up front
+        raise UserError(f"--batch-size must be at most {MAX_BATCH_SIZE}, got {cfg.batch_size}")
     if cfg.threads is not None and cfg.threads < 0:
         raise UserError(f"--threads must be 0 (all cores) or more, got {cfg.threads}")
     if cfg.decode_workers < 1:

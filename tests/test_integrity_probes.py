@@ -31,7 +31,7 @@ def test_numbers_that_cannot_work_are_refused_first(
 ) -> None:
     image = str(busi_images[0])
     _one_line_exit_2(
-        ["infer", str(tiny_export), image, "--batch-size", "100000000"], "--batch-size must be from 1"
+        ["infer", str(tiny_export), image, "--batch-size", "100000000"], "--batch-size must be at most 1024"
     )
     _one_line_exit_2(
         ["check", str(tiny_export), "--threads", "-3"], "--threads must be 0 (all cores) or more"
