@@ -64,7 +64,7 @@ def build_model(root: Path) -> Path:
 def _images_source() -> Path:
     if (BUSI / "split.csv").is_file():
         return BUSI / "split.csv"
-    from medvit_edge.demo.phantom import generate_phantom_dataset
+    from medvit_edge.io.phantom import generate_phantom_dataset
 
     return generate_phantom_dataset(REPO / "models" / "bench-ray" / "phantoms", 80, 8, seed=0)
 

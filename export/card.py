@@ -203,13 +203,23 @@ def _check_section(manifest: Manifest) -> list[str]:
         golden = manifest.golden
         lines += [
             "",
-            f"`{golden.folder}/` holds {golden.images} real images (PNG and the uint8 array), the "
+            f"`{golden.folder}/` holds {golden.images} {_golden_kind(golden.source)} "
+            "(PNG and the uint8 array), the "
             "exact preprocessed float tensor and every variant's expected probabilities "
             f"(`{golden.index}`). `medvit-edge check FOLDER_OR_FILE` re-runs them with the "
             "installed onnxruntime on this CPU or GPU: exit 0 when every variant agrees within its "
             "tolerance, 1 when one does not, 2 when the golden files are missing or damaged.",
         ]
     return [*lines, ""]
+
+
+def _golden_kind(source: str) -> str:
+    if source == "phantom":
+        return "synthetic phantom images (no patient pixels)"
+    return (
+        "REAL validation images, asked for with --golden-images (they may show patient data "
+        "burnt into the pixels: review them before these files leave the hospital)"
+    )
 
 
 def _provenance_section(manifest: Manifest, governance: Governance) -> list[str]:

@@ -92,9 +92,10 @@ class ExportConfig:
     openvino_int8: OpenVinoInt8Config = field(default_factory=OpenVinoInt8Config)  # NNCF's levers
     batch_size: int = 16  # PyTorch reference batch
     tolerances: dict[str, Tolerance] = field(default_factory=default_tolerances)
-    # validation images copied into onnx/golden/ with every variant's expected outputs, for
-    # `medvit-edge check` (0: none; they are real, possibly patient, images that get deployed)
-    golden_images: int = 3
+    # onnx/golden/ (every variant's expected outputs, for `medvit-edge check`) travels with the
+    # deployed files: None = synthetic phantom images (no patient pixels); 0 = no golden files;
+    # N = N real validation images, only when asked for (ultrasound burns names and IDs into them)
+    golden_images: int | None = None
     model_version: int | None = None  # default: the model card's model_version, else 1 (export/card.py)
     # decision policy (medvit_edge.runtime.policy), fitted once on the validation images' PyTorch logits
     operating_points: tuple[str, ...] = ()  # e.g. "malignant-sensitivity=0.95"; the first is applied
@@ -111,7 +112,9 @@ class ExportConfig:
             raise UserError("calibration_size and batch_size must be at least 1")
         if self.max_validation_images is not None and self.max_validation_images < 1:
             raise UserError("max_validation_images must be at least 1")
-        if self.golden_images < 0 or (self.model_version is not None and self.model_version < 1):
+        if (self.golden_images is not None and self.golden_images < 0) or (
+            self.model_version is not None and self.model_version < 1
+        ):
             raise UserError("golden_images must be 0 or more and model_version at least 1")
         if self.raw_input and self.opset is not None and self.opset < RAW_INPUT_MIN_OPSET:
             raise UserError(

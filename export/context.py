@@ -17,9 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medvit_edge.errors import UserError
 from medvit_edge.files import sha256_file
-from medvit_edge.io.checkpoint import load_spec
 from medvit_edge.runtime.classifier import Classifier
 from medvit_edge.runtime.freshness import weights_sha256
 from medvit_edge.runtime.manifest import Manifest, Validation, VariantRecord
@@ -33,6 +31,7 @@ from .card import Governance, read_governance
 from .config import ExportConfig
 from .policy import export_policy
 from .raw import check_spec
+from .run_folder import check_run_folder, load_model, load_run_spec
 from .validate import ValidationSet, compare, load_validation_set, torch_logits
 from .variants import write_ir_metadata, write_metadata
 
@@ -71,20 +70,17 @@ class ExportContext:
     loaded: dict[str, Classifier] = field(default_factory=dict)  # variant -> its file, as validated
     golden_frames: list[np.ndarray] = field(default_factory=list)  # chosen by golden.choose_golden_frames
     golden_labels: list[str | None] = field(default_factory=list)
+    golden_source: str = "phantom"  # or "validation": real images, only when asked for by number
     golden_expected: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, cfg: ExportConfig) -> ExportContext:
         """Load the PyTorch reference once: its logits on the validation images, the decision
         policy fitted on them, provenance and governance."""
-        from transformers import AutoModelForImageClassification
-
-        weights = sorted(cfg.run_dir.glob("*.safetensors"))
-        if not weights:
-            raise UserError(f"{cfg.run_dir}: no safetensors weights (only safetensors are loaded)")
-        model = AutoModelForImageClassification.from_pretrained(cfg.run_dir, use_safetensors=True).eval()
-        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        spec = load_spec(cfg.run_dir)
+        weights, _ = check_run_folder(cfg.run_dir)  # one line for a damaged or hostile folder
+        spec = load_run_spec(cfg.run_dir)
+        model = load_model(cfg.run_dir)
+        labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
         if cfg.raw_input:
             check_spec(spec)  # before any variant is built
         assert cfg.output is not None

@@ -1,11 +1,18 @@
-"""Golden files: a few real validation images with what every exported variant gives on them.
+"""Golden files: a few images with what every exported variant gives on them.
 
-``onnx/golden/`` holds, for each image, the decoded RGB pixels as a PNG and as a uint8 ``.npy``
-array (exactly what a raw-input file takes), the exact preprocessed float32 tensor of all of
-them (``pixel_values.npy``, what the numpy-path files take), and ``golden.json``: per variant
-name, its file, sha256, input kind, tolerance and expected probabilities. A native integration
-can check its own decoding, preprocessing and inference number by number against them;
-``medvit-edge check`` (medvit_edge/deploy/golden.py) re-runs them on a new device.
+``onnx/golden/`` travels with the deployed files, so by default its images are **synthetic
+phantoms** (``medvit_edge.io.phantom``: speckle, a scan sector, a lesion or none), never patient
+pixels: ultrasound burns names, dates and IDs into the image itself, which no metadata stripping
+removes. Real validation images are written only when ``--golden-images N`` asks for them (the
+model card then says so); ``--golden-images 0`` writes no golden files.
+
+The folder holds, for each image, the decoded RGB pixels as a PNG and as a uint8 ``.npy`` array
+(exactly what a raw-input file takes), the exact preprocessed float32 tensor of all of them
+(``pixel_values.npy``, what the numpy-path files take), and ``golden.json``: where the images
+come from (``source``), and per variant name its file, sha256, input kind, tolerance and expected
+probabilities. A native integration can check its own decoding, preprocessing and inference
+number by number against them; ``medvit-edge check`` (medvit_edge/deploy/golden.py) re-runs them on a
+new device. ``golden.json``'s sha256 is in ``manifest.json``.
 
 Images are named ``image-N`` (never by their source file name, which may identify a patient)
 and the PNGs carry no metadata.
@@ -38,14 +45,36 @@ from .context import ExportContext
 logger = logging.getLogger(__name__)
 
 
+PHANTOM_SEED = 2024
+PHANTOM_SHAPES = ((300, 380), (340, 300), (280, 420))  # (height, width): resize and crop exercised
+
+
 def choose_golden_frames(ctx: ExportContext) -> None:
     """Pick the golden images before any variant is built, so each variant's expectations come
-    from the same loaded file that was validated (``expected``)."""
-    validation = ctx.validation
-    picks = pick_images(validation.label_ids, len(validation.frames), ctx.cfg.golden_images)
+    from the same loaded file that was validated (``expected``): synthetic phantoms unless real
+    validation images are asked for by number; none for ``--golden-images 0``."""
+    count, validation = ctx.cfg.golden_images, ctx.validation
+    if count is None:
+        ctx.golden_frames, ctx.golden_source = phantom_frames(), "phantom"
+        ctx.golden_labels = [None] * len(ctx.golden_frames)
+        return
+    picks = pick_images(validation.label_ids, len(validation.frames), count)
     ctx.golden_frames = [np.ascontiguousarray(validation.frames[i], dtype=np.uint8) for i in picks]
     ids = validation.label_ids
     ctx.golden_labels = [ctx.labels[int(ids[i])] if ids is not None else None for i in picks]
+    ctx.golden_source = "validation"
+
+
+def phantom_frames() -> list[np.ndarray]:
+    """Synthetic ultrasound-like RGB images (one of each phantom kind), the same for every export."""
+    from medvit_edge.io.phantom import PHANTOM_LABELS, make_phantom
+
+    rng = np.random.default_rng(PHANTOM_SEED)
+    frames = []
+    for kind, (height, width) in zip(PHANTOM_LABELS, PHANTOM_SHAPES):
+        grey = make_phantom(kind, height, width, rng)
+        frames.append(np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2)))
+    return frames
 
 
 def write_golden(ctx: ExportContext, manifest: Manifest) -> Manifest:
@@ -58,6 +87,7 @@ def write_golden(ctx: ExportContext, manifest: Manifest) -> Manifest:
     scratch = Path(tempfile.mkdtemp(prefix=".golden-", dir=output))
     try:
         index = _write_files(scratch, ctx.golden_frames, ctx.golden_labels, ctx)
+        index["source"] = ctx.golden_source
         index["variants"] = {
             r.variant: {**ctx.golden_expected[r.variant], "sha256": r.sha256, "status": r.status}
             for r in manifest.variants
@@ -72,8 +102,10 @@ def write_golden(ctx: ExportContext, manifest: Manifest) -> Manifest:
         sha256=sha256_file(output / GOLDEN_FOLDER / GOLDEN_INDEX),
         images=len(ctx.golden_frames),
         variants=tuple(index["variants"]),
+        source=ctx.golden_source,
     )
-    logger.info("golden files: %d images, %d variants", len(ctx.golden_frames), len(record.variants))
+    count = len(ctx.golden_frames)
+    logger.info("golden files: %d %s images, %d variants", count, ctx.golden_source, len(record.variants))
     return replace(manifest, golden=record)
 
 

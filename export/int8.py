@@ -85,7 +85,7 @@ def _builder(ctx: ExportContext, variant: Variant, int8: Int8Config) -> Build:
 def calibration_pixels(ctx: ExportContext) -> np.ndarray:
     """Default: the run's training images (never the validation images we judge on)."""
     cfg = ctx.cfg
-    images = choose_images(cfg, "train", cfg.calibration_data, None)
+    images = choose_images(cfg, "train", cfg.calibration_data, None, option="--calibration-data")
     if any(image.split == "train" for image in images):  # a split CSV: never its validation/test rows
         images = [image for image in images if image.split == "train"]
     rng = np.random.default_rng(0)

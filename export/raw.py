@@ -1,8 +1,13 @@
 """Raw-input twins: the preprocessing spec as ONNX ops in front of an exported classifier.
 
 A raw-input file takes ``image``, uint8 ``[N, H, W, 3]`` RGB (N, H and W dynamic), and gives
-``probabilities`` (softmax in the graph) and ``logits``, both float32 ``[N, classes]``. An
-integrator in any language then needs onnxruntime and an image decoder, nothing of ours.
+``probabilities`` (float32 ``[N, classes]``: **calibrated**, ``softmax(logits / T)`` with the
+decision policy's temperature, computed as ``medvit_edge.runtime.policy`` does: float32 division, then
+the softmax in float64), ``logits`` (float32 ``[N, classes]``, before the temperature) and
+``decision`` (int64 ``[N]``: the policy's decision, the index of the decided label or -1 for
+"refer", with the operating point and refer rule compared in float64 like the runtime). An
+integrator in any language then needs onnxruntime and an image decoder, nothing of ours, and
+gets exactly the numbers and decisions ``Classifier``/``infer`` give.
 
 The graph follows ``medvit_edge.runtime.preprocess`` step by step:
 
@@ -34,6 +39,7 @@ rounding modes land one pixel off on exact ties, which moved whole columns of BU
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,7 @@ import numpy as np
 
 from medvit_edge.errors import UserError
 from medvit_edge.runtime.classifier import RAW_INPUT_NAME
+from medvit_edge.runtime.policy import DecisionPolicy
 from medvit_edge.runtime.preprocess import PreprocessSpec
 
 from .config import RAW_INPUT_MIN_OPSET
@@ -52,6 +59,7 @@ PREFIX = "medvit_raw/"
 MODEL_INPUT = "pixel_values"
 LOGITS = "logits"
 PROBABILITIES = "probabilities"
+DECISION = "decision"  # int64 [N]: the decided label's index, -1 for refer
 
 # Pillow's antialiased resample: the filter's support scaled by the downscale factor, pixel
 # centres at (i + 0.5) * in/out, taps outside the image dropped and the rest renormalised.
@@ -76,9 +84,16 @@ def check_spec(spec: PreprocessSpec) -> None:
         )
 
 
-def add_raw_input(source: Path, target: Path, spec: PreprocessSpec) -> dict[str, str]:
-    """Write ``target``: ``source`` with the preprocessing graph in front of its input and a
-    softmax after its logits. Returns the source's metadata_props (they are replaced later)."""
+def add_raw_input(
+    source: Path,
+    target: Path,
+    spec: PreprocessSpec,
+    policy: DecisionPolicy | None = None,
+    labels: Sequence[str] = (),
+) -> dict[str, str]:
+    """Write ``target``: ``source`` with the preprocessing graph in front of its input and the
+    decision policy behind its logits (calibrated probabilities and the decision). Returns the
+    source's metadata_props (they are replaced later)."""
     import onnx
 
     model = onnx.load(str(source))
@@ -86,20 +101,52 @@ def add_raw_input(source: Path, target: Path, spec: PreprocessSpec) -> dict[str,
     graph = model.graph
     old_input = graph.input[0]
     nodes, initializers = preprocessing_nodes(spec, MODEL_INPUT)
-    softmax = onnx.helper.make_node("Softmax", [LOGITS], [PROBABILITIES], axis=-1, name=PREFIX + "softmax")
-    all_nodes = [*nodes, *graph.node, softmax]
+    tail = _Builder("medvit_policy/")
+    policy_outputs(tail, policy or DecisionPolicy(), list(labels))
+    all_nodes = [*nodes, *graph.node, *tail.nodes]
     del graph.node[:]
     graph.node.extend(all_nodes)
-    graph.initializer.extend(initializers)
+    graph.initializer.extend([*initializers, *tail.initializers])
     graph.input.remove(old_input)
     graph.input.insert(0, image_input())
     logits = next(o for o in graph.output if o.name == LOGITS)
-    probabilities = onnx.helper.make_tensor_value_info(PROBABILITIES, onnx.TensorProto.FLOAT, _dims(logits))
-    outputs = [probabilities, logits]
+    dims = _dims(logits)
+    probabilities = onnx.helper.make_tensor_value_info(PROBABILITIES, onnx.TensorProto.FLOAT, dims)
+    decision = onnx.helper.make_tensor_value_info(DECISION, onnx.TensorProto.INT64, dims[:1])
+    outputs = [probabilities, logits, decision]
     del graph.output[:]
     graph.output.extend(outputs)
     onnx.save(model, str(target))
     return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def policy_outputs(builder: _Builder, policy: DecisionPolicy, labels: list[str]) -> None:
+    """``logits`` -> ``probabilities`` (DecisionPolicy.probabilities) and ``decision``
+    (DecisionPolicy.decision_indices), the same operations in the same precisions."""
+    scaled = LOGITS
+    if policy.temperature != 1.0:  # float32 / float32, as numpy divides float32 logits by T
+        scaled = builder.node("Div", [LOGITS, builder.const(policy.temperature, np.float32)])
+    wide = builder.node("Cast", [scaled], to=_DOUBLE)  # metrics.softmax works in float64
+    shifted = builder.node("Sub", [wide, builder.node("ReduceMax", [wide, builder.const([-1])], keepdims=1)])
+    exp = builder.node("Exp", [shifted])
+    total = builder.node("ReduceSum", [exp, builder.const([-1])], keepdims=1)
+    builder.node("Cast", [builder.node("Div", [exp, total])], outputs=[PROBABILITIES], to=_FLOAT)
+    p = builder.node("Cast", [PROBABILITIES], to=_DOUBLE)  # float32 values compared in float64
+    chosen = builder.node("ArgMax", [p], axis=1, keepdims=0)
+    if policy.operating_points:
+        point = policy.operating_points[0]
+        k = labels.index(point.positive)
+        column = builder.node("Gather", [p, builder.const(k)], axis=1)
+        positive = builder.node("GreaterOrEqual", [column, builder.const(point.threshold, np.float64)])
+        mask = builder.const(np.arange(len(labels)) == k, np.bool_)
+        others = builder.node("Where", [mask, builder.const(-np.inf, np.float64), p])
+        best_other = builder.node("ArgMax", [others], axis=1, keepdims=0)
+        chosen = builder.node("Where", [positive, builder.const(k), best_other])
+    if policy.refer is not None:
+        top = builder.node("ReduceMax", [p, builder.const([1])], keepdims=0)
+        unsure = builder.node("Less", [top, builder.const(policy.refer.threshold, np.float64)])
+        chosen = builder.node("Where", [unsure, builder.const(-1), chosen])
+    builder.node("Identity", [chosen], outputs=[DECISION])
 
 
 def _dims(value_info: Any) -> list[Any]:
@@ -194,7 +241,7 @@ def _normalise(builder: _Builder, spec: PreprocessSpec, pixels: str, output: str
     builder.node("Div", [builder.node("Sub", [scaled, mean]), std], outputs=[output])
 
 
-_FLOAT, _UINT8, _INT64 = 1, 2, 7  # onnx.TensorProto enum values
+_FLOAT, _UINT8, _INT32, _INT64, _DOUBLE = 1, 2, 6, 7, 11  # onnx.TensorProto enum values
 
 
 def preprocessing_model(spec: PreprocessSpec, float_resize: bool = False) -> Any:
@@ -214,12 +261,13 @@ def preprocessing_model(spec: PreprocessSpec, float_resize: bool = False) -> Any
 class _Builder:
     """Appends uniquely named nodes and constant initializers."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = PREFIX) -> None:
+        self.prefix = prefix
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
 
     def _name(self, kind: str) -> str:
-        return f"{PREFIX}{kind}_{len(self.nodes) + len(self.initializers)}"
+        return f"{self.prefix}{kind}_{len(self.nodes) + len(self.initializers)}"
 
     def const(self, values: Any, dtype: Any = np.int64) -> str:
         from onnx import numpy_helper

@@ -32,6 +32,7 @@ from .golden import choose_golden_frames, expected, write_golden
 from .int8 import calibration_pixels, guarded_int8
 from .openvino import onnx_to_openvino, openvino_to_int8
 from .raw import add_raw_input
+from .run_folder import model_files, remove_unvalidated
 from .variants import fix_input_shape, hf_to_onnx, onnx_to_fp16, optimize_onnx
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,21 @@ class ExportResult:
 
 
 def export(cfg: ExportConfig) -> ExportResult:
-    """Export every requested variant of ``cfg.run_dir`` into ``cfg.output`` and validate it."""
+    """Export every requested variant of ``cfg.run_dir`` into ``cfg.output`` and validate it.
+    An export that stops (an error, Ctrl-C) removes the model files it wrote: a file no manifest
+    vouches for must not be found and deployed."""
+    assert cfg.output is not None  # ExportConfig defaults it to RUN_DIR/onnx
+    before = model_files(cfg.output)
+    try:
+        return _export(cfg)
+    except ExportValidationError:
+        raise  # every file was validated and the manifest marks the failed ones
+    except BaseException:
+        remove_unvalidated(cfg.output, before)
+        raise
+
+
+def _export(cfg: ExportConfig) -> ExportResult:
     ctx = ExportContext.prepare(cfg)
     pytorch_metrics = _model_quality(ctx)
     choose_golden_frames(ctx)
@@ -169,10 +184,13 @@ class Exporter:
 
     def raw_twin(self, variant: Variant) -> VariantRecord:
         """The base variant's file (as built above) with the preprocessing graph in front and a
-        softmax behind (export/raw.py); validated on the decoded images against PyTorch on the
+        decision policy behind (export/raw.py); validated on the decoded images against PyTorch on the
         numpy path's tensors, so the in-graph resize's differences count."""
         started = time.perf_counter()
         assert variant.base is not None
-        props = add_raw_input(self.ctx.path(VARIANTS[variant.base]), self.ctx.path(variant), self.ctx.spec)
+        ctx = self.ctx
+        props = add_raw_input(
+            ctx.path(VARIANTS[variant.base]), ctx.path(variant), ctx.spec, ctx.policy, ctx.labels
+        )
         quantization = json.loads(props["quantization"]) if "quantization" in props else None
         return self.ctx.finish(variant, started, quantization)

@@ -37,9 +37,11 @@ class ValidationSet:
 
 
 def choose_images(
-    cfg: ExportConfig, split: str, explicit: Path | None, explicit_split: str | None
+    cfg: ExportConfig, split: str, explicit: Path | None, explicit_split: str | None, option: str = "--data"
 ) -> list[LabelledImage]:
-    """``explicit`` (a CSV or class folders) when given, else this split of the run's split.csv."""
+    """``explicit`` (a CSV or class folders) when given, else this split of the run's split.csv.
+    Calibration (``split`` "train", ``option`` "--calibration-data") without a split.csv takes
+    the ``train`` rows of ``--data`` when it has some; an error names the option to give."""
     if explicit is not None:
         images = read_labelled_set(explicit, explicit_split)
         if not images:
@@ -50,13 +52,27 @@ def choose_images(
         return images
     run_split = cfg.run_dir / "split.csv"
     if not run_split.is_file():
+        borrowed = _train_rows_of_data(cfg) if split == "train" else []
+        if borrowed:
+            logger.info("calibration: the %d train rows of --data %s", len(borrowed), cfg.data)
+            return borrowed
         raise UserError(
-            f"{cfg.run_dir}: no split.csv to take {split} images from; pass --data with labelled images"
+            f"{cfg.run_dir}: no split.csv to take {split} images from; pass {option} with labelled images"
+            + (f" (--data {cfg.data} has no rows of split 'train')" if split == "train" and cfg.data else "")
         )
     images = [i for i in read_labelled_set(run_split, split) if i.path.is_file()]
     if not images:
-        raise UserError(f"{run_split}: no readable {split} images; pass --data")
+        raise UserError(f"{run_split}: no readable {split} images; pass {option}")
     return images
+
+
+def _train_rows_of_data(cfg: ExportConfig) -> list[LabelledImage]:
+    if cfg.data is None or cfg.data_split == "train":  # never calibrate on what is validated
+        return []
+    try:
+        return [i for i in read_labelled_set(cfg.data, "train") if i.path.is_file()]
+    except UserError:
+        return []
 
 
 def load_validation_set(cfg: ExportConfig, spec: PreprocessSpec, labels: list[str]) -> ValidationSet:

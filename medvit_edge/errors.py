@@ -5,7 +5,8 @@ Exit codes (every command):
 * **0**: everything asked for was done;
 * **1**: the run finished but some inputs failed (each has an error row), or a variant failed
   its tolerances;
-* **2**: the model, the data or the arguments cannot be used: nothing was run, one line says why.
+* **2**: the model, the data or the arguments cannot be used: nothing was run, one line says why;
+* **130**: interrupted (Ctrl-C, SIGINT), as shells report it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import re
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
+EXIT_INTERRUPTED = 130
 
 
 class UserError(Exception):

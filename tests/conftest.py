@@ -39,7 +39,7 @@ def busi_images(busi_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medvit_edge.demo.phantom import generate_phantom_dataset
+    from medvit_edge.io.phantom import generate_phantom_dataset
 
     root = tmp_path_factory.mktemp("phantom")
     generate_phantom_dataset(root, train_per_class=30, test_per_class=8, seed=3)

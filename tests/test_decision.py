@@ -468,3 +468,27 @@ def test_hostile_policy_metadata_is_one_clear_error() -> None:
             policy_from_json(text, "m.onnx")
     with pytest.raises(MetadataError, match="refer"):
         check_labels(["benign", "Refer"], "m.onnx")
+
+
+def test_a_certified_refer_rule_is_certified_on_images_that_fitted_nothing(rng: np.random.Generator) -> None:
+    """Selection with guaranteed risk assumes the confidence function was fixed before the
+    certifying images were seen: the temperature and the operating point are fitted on one seeded
+    part of the validation set, the refer rule certified on the other, and the policy says so."""
+    from medvit_edge.evaluation.refer_split import held_out_split
+
+    logits, y = _calibrated_sample(rng, 2000)
+    logits = logits * 2.5  # overconfident: the fitted temperature is far from 1
+    point = ["malignant-sensitivity=0.9"]
+    policy = fit_policy(logits, y, LABELS, point, 0.1, refer_confidence=0.9)
+    fit, certify = held_out_split(len(y))
+    assert len(set(fit) & set(certify)) == 0 and len(fit) + len(certify) == len(y)
+    assert policy.temperature == fit_temperature(logits[fit], y[fit])
+    probabilities = DecisionPolicy(policy.temperature).probabilities(logits.astype(np.float32))
+    assert policy.operating_points[0] == choose_operating_point(probabilities[fit], y[fit], LABELS, point[0])
+    assert policy.refer is not None and policy.refer.validation["images"] == len(certify)
+    assert policy.fitted_on["fit_images"] == len(fit) and policy.fitted_on["certify_images"] == len(certify)
+    assert policy == fit_policy(logits, y, LABELS, point, 0.1, refer_confidence=0.9)  # seeded
+    assert DecisionPolicy.from_json(policy.to_json()) == policy
+    assert any(f"on {len(certify)} held-out images" in text for _, text in policy.describe())
+    empirical = fit_policy(logits, y, LABELS, point, 0.1, refer_confidence=0)
+    assert "certify_images" not in empirical.fitted_on  # an empirical rule claims nothing more

@@ -30,7 +30,7 @@ from medvit_edge.hospital.dicom_sr import (  # noqa: E402
 from medvit_edge.hospital.node_config import check_uid_root  # noqa: E402
 
 LABELS = ["benign", "malignant", "normal"]
-MODEL = ModelIdentity("run/model.int8.onnx", "int8-dynamic, exported 2026-01-02T03:04:05Z", "ab" * 32, "int8")
+MODEL = ModelIdentity("run/model.int8.onnx", "3", "ab" * 32, "int8", exported="2026-01-02T03:04:05Z")
 
 
 def _received(kind: str = "") -> Any:

@@ -22,7 +22,7 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 @pytest.fixture(scope="module")
 def small_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medvit_edge.demo.phantom import generate_phantom_dataset
+    from medvit_edge.io.phantom import generate_phantom_dataset
 
     root = tmp_path_factory.mktemp("ddp_phantoms")
     return generate_phantom_dataset(root, train_per_class=12, test_per_class=4, seed=5)

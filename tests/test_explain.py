@@ -146,7 +146,7 @@ def _plant(background: np.ndarray, centre: tuple[int, int], radius: int) -> tupl
 @needs_export
 @pytest.mark.parametrize("axis", ["left-right", "top-bottom"])
 def test_heat_map_moves_with_a_planted_lesion(explain_dir: Path, axis: str) -> None:
-    from medvit_edge.demo.phantom import make_phantom
+    from medvit_edge.io.phantom import make_phantom
 
     explainer = Explainer.load(explain_dir / "model.explain.onnx", device="cpu")
     first, second = ((36, 56), (92, 56)) if axis == "left-right" else ((64, 28), (64, 68))
@@ -281,14 +281,14 @@ def test_an_overlay_that_cannot_be_made_costs_that_file_only(
     import medvit_edge.inference.overlays as overlays
 
     images = _test_images(phantom_dir, 3)
-    real_read = overlays.read_file
+    real_read = overlays.read_bytes
 
-    def read_file(path: str, check_constant: bool = True) -> object:
+    def read_bytes(path: str) -> bytes:
         if path == str(images[1]):  # e.g. removed between the model run and the overlay
             raise OSError(2, "No such file or directory")
-        return real_read(path, check_constant)
+        return real_read(path)
 
-    monkeypatch.setattr(overlays, "read_file", read_file)
+    monkeypatch.setattr(overlays, "read_bytes", read_bytes)
     out = tmp_path / "overlays"
     cfg = InferConfig(
         model=explain_dir / "model.onnx", inputs=[str(p) for p in images], overlays=out, progress=False
@@ -297,6 +297,40 @@ def test_an_overlay_that_cannot_be_made_costs_that_file_only(
     assert summary.failed_files == 0 and summary.overlay_failures == 1 and summary.exit_code == 1
     assert summary.errors == [f"{images[1]}: overlay not written (No such file or directory)"]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.stem + ".overlay.png" for p in images[::2])
+
+
+@needs_export
+def test_an_input_rewritten_after_it_was_classified_gets_no_overlay(
+    explain_dir: Path, phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overlay shows the label the run gave: drawing it over other pixels (a drop folder
+    rewritten between the model run and the overlay) would be a picture that lies."""
+    import medvit_edge.inference.overlays as overlays
+
+    sources = _test_images(phantom_dir, 3)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    images = [Path(shutil.copy(p, inputs / p.name)) for p in sources]
+    real_read = overlays.read_bytes
+
+    def rewritten_first(path: str) -> bytes:
+        if path == str(images[1]):
+            shutil.copyfile(sources[0], images[1])  # the scanner replaced it after the model ran
+        return real_read(path)
+
+    monkeypatch.setattr(overlays, "read_bytes", rewritten_first)
+    out = tmp_path / "overlays"
+    cfg = InferConfig(
+        model=explain_dir / "model.onnx", inputs=[str(p) for p in images], overlays=out, progress=False
+    )
+    summary = infer(cfg)
+    assert summary.overlay_failures == 1 and summary.exit_code == 1
+    assert summary.errors == [
+        f"{images[1]}: overlay not written ({images[1]} changed since it was classified; "
+        "an overlay would show other pixels)"
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.stem + ".overlay.png" for p in images[::2])
+    assert all("input_sha256" not in row or row["input_sha256"] for row in summary.rows)
 
 
 @needs_export

@@ -14,6 +14,7 @@ from PIL import Image
 
 from medvit_edge import cli
 from medvit_edge.deploy.golden import check
+from medvit_edge.export.golden import phantom_frames
 from medvit_edge.runtime.classifier import Classifier
 from medvit_edge.runtime.manifest import Manifest
 from medvit_edge.runtime.preprocess import preprocess_batch
@@ -34,8 +35,12 @@ def test_export_writes_golden_files_for_every_variant(tiny_export: Path) -> None
     assert manifest.golden.images == len(index["images"]) == 3
     assert set(index["variants"]) == {record.variant for record in manifest.variants}
     assert {e["file"] for e in index["variants"].values()} == {r.file for r in manifest.variants}
-    # one image per class, named by number (never by the source file), PNG == uint8 array
-    assert [image["label"] for image in index["images"]] == ["benign", "malignant", "normal"]
+    # synthetic phantoms by default (no patient pixels), named by number, PNG == uint8 array
+    assert index["source"] == manifest.golden.source == "phantom"
+    assert [image["label"] for image in index["images"]] == [None, None, None]
+    for image, phantom in zip(index["images"], phantom_frames()):
+        np.testing.assert_array_equal(np.load(golden / image["array"]), phantom)
+    assert "synthetic phantom images (no patient pixels)" in (tiny_export / "README.md").read_text()
     decoded = []
     for image in index["images"]:
         assert image["name"].startswith("image-")
@@ -139,6 +144,46 @@ def test_check_skips_files_not_deployed(tiny_export: Path, tmp_path: Path) -> No
     (folder / "model.int8.onnx").unlink()
     with pytest.raises(Exception, match="none of the files"):
         check(folder, device="cpu")
+
+
+def test_real_golden_images_only_when_asked_for_and_the_card_says_so(tiny_run: Path, tmp_path: Path) -> None:
+    from medvit_edge.export import ExportConfig, export
+
+    output = tmp_path / "onnx"
+    result = export(ExportConfig(run_dir=tiny_run, output=output, golden_images=2))
+    assert result.manifest.golden is not None and result.manifest.golden.source == "validation"
+    index = _index(output)
+    assert index["source"] == "validation" and len(index["images"]) == 2
+    assert [image["label"] for image in index["images"]] == ["benign", "malignant"]
+    assert "REAL validation images, asked for with --golden-images" in (output / "README.md").read_text()
+
+
+def test_an_unauthenticated_golden_json_cannot_loosen_its_tolerances(
+    tiny_export: Path, tmp_path: Path
+) -> None:
+    """Every tolerance set to 10 and the probabilities moved: without a manifest that records
+    golden.json's sha256, check must not call that "agree"."""
+    runner = CliRunner()
+    for name, edit_manifest in (("no-manifest", "delete"), ("old-manifest", "drop-golden")):
+        folder = _copy(tiny_export, tmp_path / name)
+        index = _index(folder)
+        for entry in index["variants"].values():
+            entry["tolerance"] = 10
+            entry["probabilities"] = [[1 - p for p in row] for row in entry["probabilities"]]
+        (folder / "golden" / "golden.json").write_text(json.dumps(index))
+        manifest = folder / "manifest.json"
+        if edit_manifest == "delete":
+            manifest.unlink()
+        else:
+            data = json.loads(manifest.read_text())
+            del data["golden"]
+            manifest.write_text(json.dumps(data))
+        result = runner.invoke(cli.main, ["check", str(folder)])
+        assert result.exit_code == 2, result.output
+        assert "is looser than its default" in result.stderr and "not trusted" in result.stderr
+    honest = _copy(tiny_export, tmp_path / "honest")
+    (honest / "manifest.json").unlink()  # the defaults still hold without a manifest
+    assert runner.invoke(cli.main, ["check", str(honest)]).exit_code == 0
 
 
 def test_export_with_no_golden_images_writes_none(tiny_run: Path, tmp_path: Path) -> None:

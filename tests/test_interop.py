@@ -78,7 +78,7 @@ def test_pipeline_matches_the_runtime_on_non_square_images(tiny_export: Path, tm
     from optimum.onnxruntime import ORTModelForImageClassification
     from transformers import AutoImageProcessor, ViTImageProcessor, pipeline
 
-    from medvit_edge.demo.phantom import generate_phantom_dataset
+    from medvit_edge.io.phantom import generate_phantom_dataset
     from medvit_edge.runtime.classifier import Classifier
 
     generate_phantom_dataset(tmp_path, train_per_class=45, test_per_class=0, seed=7)

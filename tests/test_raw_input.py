@@ -196,11 +196,73 @@ def test_graph_signature_and_probabilities(raw_export: Path, phantom_tests: list
     (image,) = session.get_inputs()
     assert image.name == "image" and image.type == "tensor(uint8)"
     assert isinstance(image.shape[1], str) and isinstance(image.shape[2], str) and image.shape[3] == 3
-    assert [o.name for o in session.get_outputs()] == ["probabilities", "logits"]
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "logits", "decision"]
+    assert session.get_outputs()[2].type == "tensor(int64)"
     frame = np.asarray(load_image(phantom_tests[0]))
-    probabilities, logits = session.run(None, {"image": frame[None]})
-    assert probabilities.shape == logits.shape == (1, 3)
-    np.testing.assert_allclose(probabilities, softmax(logits), atol=1e-6)
+    probabilities, logits, decision = session.run(None, {"image": frame[None]})
+    assert probabilities.shape == logits.shape == (1, 3) and decision.shape == (1,)
+    policy = Classifier.load(raw_export / "model.raw.onnx", device="cpu").policy
+    assert policy.temperature != 1.0  # calibrated: the graph's probabilities are not softmax(logits)
+    np.testing.assert_array_equal(probabilities, policy.probabilities(logits))
+    assert np.abs(probabilities - softmax(logits)).max() > 1e-4
+    assert (
+        decision.tolist()
+        == policy.decision_indices(probabilities, ["benign", "malignant", "normal"]).tolist()
+    )
+
+
+@pytest.fixture(scope="module")
+def raw_policy_export(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fp32 and its raw twin with every part of a decision policy: temperature, an operating
+    point and a refer rule."""
+    output = tmp_path_factory.mktemp("raw_policy") / "onnx"
+    policy = [
+        "--operating-point",
+        "malignant-sensitivity=0.9",
+        "--refer-risk",
+        "0.3",
+        "--refer-confidence",
+        "0",
+    ]
+    command = [
+        "export",
+        str(tiny_run),
+        "--output",
+        str(output),
+        "--raw-input",
+        *policy,
+        "--golden-images",
+        "0",
+    ]
+    result = CliRunner().invoke(cli.main, [*command, "--allow-degraded"])
+    assert result.exit_code == 0, result.output
+    return output
+
+
+def test_the_graph_gives_the_runtimes_numbers_and_decisions_on_real_images(
+    raw_policy_export: Path, busi_images: list[Path]
+) -> None:
+    """The four calls of a C++/C# integrator (load, input, run, read) give exactly what
+    ``Classifier`` and ``infer`` report: calibrated probabilities and the policy's decision."""
+    import onnxruntime as ort
+
+    model = raw_policy_export / "model.raw.onnx"
+    classifier = Classifier.load(model, device="cpu")
+    policy = classifier.policy
+    assert policy.temperature != 1.0 and policy.operating_points and policy.refer is not None
+    images = busi_images[::25]  # original sizes, every class
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    found_p, found_d = [], []
+    for path in images:
+        frame = np.asarray(load_image(path))[None]  # decoded RGB, nothing else of ours
+        probabilities, _, decision = session.run(None, {"image": frame})
+        found_p.append(probabilities[0])
+        found_d.append(int(decision[0]))
+    expected = classifier.predict_proba(images)
+    np.testing.assert_array_equal(np.stack(found_p), expected)
+    names = ["refer" if d < 0 else classifier.labels[d] for d in found_d]
+    assert names == classifier.decide(expected)
+    assert len(set(names)) >= 2, names  # more than one branch of the policy was exercised
 
 
 def test_classifier_runs_raw_files_like_their_numpy_twins(
@@ -336,7 +398,7 @@ def test_node_example_agrees_with_the_python_runtime(
     expected = Classifier.load(model, device="cpu").predict(images)
     for line, prediction in zip(lines, expected):
         assert line["label"] == prediction.label, line["path"]
-        assert line["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-4), line["path"]
+        assert line["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-6), line["path"]
         assert line["decision"] == prediction.decision, line["path"]  # the file's decision policy
 
 

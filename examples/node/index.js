@@ -5,8 +5,10 @@
 //   node index.js ../../models/run/onnx/model.int8.raw.onnx scan1.png scan2.png
 //
 // Only onnxruntime-node and a PNG decoder (pngjs): resizing, cropping and normalising happen
-// inside the model. One JSON line per image on stdout: {"path", "label", "probabilities",
-// "decision"}: probabilities calibrated and the decision made with the model's decision policy.
+// inside the model, and so are the model's decision policy (temperature, operating point, refer
+// rule): its outputs are the calibrated `probabilities` and the `decision` (the decided label's
+// index, -1 for "refer"), exactly what the Python runtime reports. One JSON line per image on
+// stdout: {"path", "label" (the most probable class), "probabilities", "decision"}.
 // An image that cannot be read is one line on stderr; the exit code is then 1.
 'use strict';
 
@@ -62,35 +64,6 @@ function customMetadata(modelBytes) {
   return props;
 }
 
-// The model's decision policy (metadata decision_policy; medvit_edge/runtime/policy.py), applied as the
-// Python runtime applies it: softmax(logits / temperature); "refer" when the top probability <
-// the refer threshold; else the first operating point (its label when p(label) >= threshold);
-// else the most probable label (of the others when an operating point exists).
-function policyOf(metadata) {
-  const policy = metadata.decision_policy ? JSON.parse(metadata.decision_policy) : {};
-  const point = (policy.operating_points || [])[0] || null;
-  return { temperature: policy.temperature || 1, point, refer: policy.refer || null };
-}
-
-function calibrated(logits, temperature) {
-  const scaled = Array.from(logits, (v) => v / temperature);
-  const top = Math.max(...scaled);
-  const exp = scaled.map((v) => Math.exp(v - top));
-  const sum = exp.reduce((a, b) => a + b, 0);
-  return exp.map((v) => v / sum);
-}
-
-function decide(probabilities, labels, policy) {
-  // float32 like the Python runtime: thresholds were chosen on float32 probabilities
-  const p = probabilities.map(Math.fround);
-  if (policy.refer && Math.max(...p) < policy.refer.threshold) return 'refer';
-  const positive = policy.point ? labels.indexOf(policy.point.positive) : -1;
-  if (positive >= 0 && p[positive] >= policy.point.threshold) return labels[positive];
-  let best = -1;
-  for (let k = 0; k < p.length; k++) if (k !== positive && (best < 0 || p[k] > p[best])) best = k;
-  return labels[best];
-}
-
 // Decode to 8-bit RGB the way the Python runtime does: grey repeated into three channels
 // (pngjs always gives RGBA), alpha composited over black with Pillow's integer formula,
 // 16-bit samples scaled by 255/65535 (pngjs).
@@ -120,7 +93,6 @@ async function main() {
     process.exit(2);
   }
   const labels = JSON.parse(metadata.labels);
-  const policy = policyOf(metadata);
   const session = await ort.InferenceSession.create(modelPath); // 1. load
   let failed = 0;
   for (const path of imagePaths) {
@@ -134,11 +106,12 @@ async function main() {
     }
     const tensor = new ort.Tensor('uint8', image.rgb, [1, image.height, image.width, 3]); // 2. input
     const outputs = await session.run({ image: tensor }); // 3. run
-    const scores = calibrated(outputs.logits.data, policy.temperature); // 4. read [1, classes]
+    const scores = outputs.probabilities.data; // 4. read: calibrated [1, classes] and [1] decision
     let best = 0;
     for (let k = 1; k < labels.length; k++) if (scores[k] > scores[best]) best = k;
     const probabilities = Object.fromEntries(labels.map((label, k) => [label, scores[k]]));
-    const decision = decide(scores, labels, policy);
+    const index = Number(outputs.decision.data[0]); // int64 arrives as a BigInt
+    const decision = index < 0 ? 'refer' : labels[index];
     console.log(JSON.stringify({ path, label: labels[best], probabilities, decision }));
   }
   process.exit(failed ? 1 : 0);

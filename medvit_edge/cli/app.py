@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from medvit_edge.cli import benchmark, reports, run, serve, stages
-from medvit_edge.errors import EXIT_UNUSABLE, UserError, printable
+from medvit_edge.errors import EXIT_INTERRUPTED, EXIT_UNUSABLE, UserError, printable
 from medvit_edge.progress import set_quiet
 
 
@@ -56,7 +56,8 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 class _Commands(click.Group):
     """A user's mistake (``UserError``, or an OS error such as a missing or unwritable file)
-    becomes one line and its exit code; anything else is a bug and keeps its traceback."""
+    becomes one line and its exit code; anything else is a bug and keeps its traceback. Ctrl-C
+    (SIGINT) exits 130, the shell's code for it, never 1 ("some inputs failed")."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -65,6 +66,9 @@ class _Commands(click.Group):
             # the reader went away (`infer ... | head`): stop quietly with 0, as Unix tools do
             _silence_stdout()
             ctx.exit(0)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: nothing more was written", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except (UserError, OSError) as exc:
             if ctx.params.get("debug"):
                 raise

@@ -188,7 +188,9 @@ def _print_infer_summary(summary: Any) -> None:
         click.echo(f"  ... and {len(summary.errors) - 20} more (see the error column)", err=True)
     if summary.metrics:
         m = summary.metrics
-        recalls = ", ".join(f"{k} {v['recall']:.3f}" for k, v in m["per_class"].items())
+        from medvit_edge.evaluation.metrics import recall_text
+
+        recalls = recall_text(m["per_class"])
         click.echo(
             f"accuracy {m['accuracy']:.3f} on {m['n']} labelled images; recall: {printable(recalls)}",
             err=True,

@@ -206,10 +206,10 @@ def _config_choice(flag: str, field: str, alias: Any, help_text: str) -> Any:
 @click.option(
     "--golden-images",
     type=click.IntRange(min=0),
-    default=field_default(ExportConfig, "golden_images"),
-    show_default=True,
-    help="Validation images copied to onnx/golden/ with every variant's expected outputs, "
-    "for `medvit-edge check` (0: none; they travel with the deployed files).",
+    default=None,
+    help="onnx/golden/ (every variant's expected outputs, for `medvit-edge check`) holds N REAL "
+    "validation images instead of the default synthetic phantoms; they travel with the deployed "
+    "files and may show patient data burnt into the pixels (0: no golden files).",
 )
 @click.option(
     "--raw-input",

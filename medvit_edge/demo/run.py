@@ -95,7 +95,7 @@ def _prepare_data(cfg: DemoConfig) -> tuple[Path, Path | None]:
     if cfg.data is not None:
         _stage("data", f"using {cfg.data}")
         return cfg.data, None
-    from medvit_edge.demo.phantom import generate_phantom_dataset
+    from medvit_edge.io.phantom import generate_phantom_dataset
 
     data_dir = cfg.output / "data"
     _stage("data", f"generating phantom ultrasound images in {data_dir}")

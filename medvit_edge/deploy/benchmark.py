@@ -23,6 +23,7 @@ Runtime only (numpy, Pillow, onnxruntime or OpenVINO): no torch.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -152,11 +153,20 @@ def expand_models(paths: list[Path]) -> list[tuple[Path, str]]:
             continue
         names = [record.file for record in manifest.variants] if manifest else file_names()
         names = [name for name in dict.fromkeys(names) if name not in tool_files()]  # not explain
-        files = [folder / name for name in names if (folder / name).is_file()]
+        files = [folder / name for name in names if os.path.lexists(folder / name)]
         for file in files:
-            refuse_stale_file(file)  # StaleExportError: retrained since the export
-        found += [(file, "") for file in files] or [(folder, f"{folder}: no model files here")]
+            if file.is_file():
+                refuse_stale_file(file)  # StaleExportError: retrained since the export
+        found += [(file, _not_a_model(file)) for file in files] or [
+            (folder, f"{folder}: no model files here")
+        ]
     return found
+
+
+def _not_a_model(path: Path) -> str:
+    """ "" for a regular file; else why it is not benchmarked (a FIFO, device or dangling link
+    named like a model is reported, never silently left out)."""
+    return "" if path.is_file() else f"{path}: not a regular file"
 
 
 def _labelled(cfg: BenchmarkConfig) -> list[LabelledImage] | None:

@@ -9,7 +9,11 @@ installed onnxruntime on this CPU or GPU, twice for a numpy-path file:
   difference in Pillow's resize and one in the model's kernels are told apart.
 
 A variant agrees when every probability is within its tolerance (``Variant.check_tolerance``:
-only kernel differences may move a re-run of the same file). Exit codes: 0 every variant
+only kernel differences may move a re-run of the same file). ``golden.json`` is trusted only as
+far as it is authenticated: its sha256 must match ``manifest.json``'s record when there is one,
+and without that record (no manifest, or one written before golden files) a tolerance looser
+than the file's variant default is refused (exit 2), so an edited ``golden.json`` cannot make
+moved probabilities "agree". Exit codes: 0 every variant
 agrees, 1 one disagrees, 2 the golden files are missing or damaged, or a file is not the one
 they were made for (``ModelLoadError``). Needs numpy, Pillow and onnxruntime only.
 """
@@ -17,13 +21,14 @@ they were made for (``ModelLoadError``). Needs numpy, Pillow and onnxruntime onl
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from medvit_edge.errors import EXIT_OK, EXIT_SOME_FAILED, ModelLoadError, printable
+from medvit_edge.errors import EXIT_OK, EXIT_SOME_FAILED, ModelLoadError, UserError, printable
 from medvit_edge.files import sha256_file
 from medvit_edge.runtime.classifier import Classifier, import_onnxruntime
 from medvit_edge.runtime.images import load_image
@@ -31,7 +36,7 @@ from medvit_edge.runtime.manifest import Manifest
 from medvit_edge.runtime.metadata import PIXEL_VALUES_INPUT
 from medvit_edge.runtime.openvino_backend import backend_installed
 from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess_batch
-from medvit_edge.runtime.variants import Device
+from medvit_edge.runtime.variants import Device, variant_named
 from medvit_edge.system import machine_line
 
 GOLDEN_FOLDER = "golden"
@@ -76,10 +81,13 @@ class GoldenSet:
     index: dict[str, Any]
     pngs: list[Path]
     pixel_values: np.ndarray
+    bound: bool = False  # golden.json's sha256 matched manifest.json's record
 
 
 def check(model: Path, device: Device = "auto", threads: int | None = None) -> CheckReport:
     """Re-run the golden files of a model folder (every variant present) or of one model file."""
+    if threads is not None and threads < 0:
+        raise UserError(f"--threads must be 0 (all cores) or more, got {threads}")
     folder, only = _model_folder(Path(model))
     golden = read_golden(folder)
     entries = golden.index["variants"]
@@ -115,7 +123,8 @@ def read_golden(folder: Path) -> GoldenSet:
             "`medvit-edge export` writes them beside the models"
         )
     manifest = Manifest.read(folder)
-    if manifest is not None and manifest.golden is not None and sha256_file(path) != manifest.golden.sha256:
+    bound = manifest is not None and manifest.golden is not None
+    if bound and sha256_file(path) != manifest.golden.sha256:  # type: ignore[union-attr]
         raise ModelLoadError(f"{path}: checksum differs from manifest.json (modified or replaced)")
     index = _read_index(path)
     pngs = [_verified(where, image, "png") for image in index["images"]]
@@ -128,7 +137,7 @@ def read_golden(folder: Path) -> GoldenSet:
         raise ModelLoadError(f"{tensor}: unreadable ({exc})") from exc
     if pixel_values.dtype != np.float32 or len(pixel_values) != len(pngs):
         raise ModelLoadError(f"{where / PIXEL_VALUES_FILE}: not a float32 tensor of {len(pngs)} images")
-    return GoldenSet(where, index, pngs, pixel_values)
+    return GoldenSet(where, index, pngs, pixel_values, bound)
 
 
 def _read_index(path: Path) -> dict[str, Any]:
@@ -178,6 +187,8 @@ def _check_variant(
     file, tolerance = str(entry.get("file", "")), float(entry.get("tolerance", 0.0))
     path = golden.folder.parent / file
     if not path.is_file():
+        if os.path.lexists(path):  # a FIFO, device or dangling link is not "not deployed"
+            raise ModelLoadError(f"{path}: not a regular file")
         return VariantCheck(name, file, "not present", tolerance)
     if not backend_installed(path) or (path.suffix == ".xml" and device not in ("auto", "cpu")):
         # an IR runs through OpenVINO on the CPU only: not checkable on this install/device
@@ -185,6 +196,8 @@ def _check_variant(
     classifier = Classifier.load(path, device=device, threads=threads)
     if classifier.sha256 != entry.get("sha256"):
         raise ModelLoadError(f"{path}: not the file the golden outputs were made for (sha256 differs)")
+    if not golden.bound:
+        _refuse_loosened(golden, name, tolerance, classifier.variant)
     expected = _expected(entry, len(golden.pngs), len(classifier.labels), golden.folder)
     found = classifier.predict_proba(golden.pngs)
     numbers: dict[str, Any] = {"max_abs_diff": _max_diff(found, expected)}
@@ -214,6 +227,18 @@ def _check_variant(
         failures=failures,
         **numbers,
     )
+
+
+def _refuse_loosened(golden: GoldenSet, name: str, tolerance: float, variant: str) -> None:
+    """An unauthenticated golden.json may not loosen a tolerance beyond the variant's default."""
+    row = variant_named(variant)
+    default = row.check_tolerance if row is not None else None
+    if default is None or not tolerance <= default:
+        allowed = f"its default {default:.0e}" if default is not None else "a known default"
+        raise ModelLoadError(
+            f"{golden.folder / GOLDEN_INDEX}: tolerance {tolerance:g} for {name} is looser than "
+            f"{allowed}, and no manifest.json records this golden.json's sha256: not trusted"
+        )
 
 
 def _expected(entry: dict[str, Any], images: int, classes: int, folder: Path) -> np.ndarray:

@@ -82,6 +82,8 @@ class EvaluateConfig:
             self.throughput_batch = min(32, 4 * (os.cpu_count() or 1))
         if self.throughput_batch < 1 or self.latency_runs < 1 or self.bootstrap_samples < 1:
             raise UserError("throughput_batch, latency_runs and bootstrap_samples must be at least 1")
+        if self.threads is not None and self.threads < 1:  # torch and onnxruntime both take it
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
 
 
 @dataclass

@@ -60,6 +60,15 @@ def classification_metrics(
     }
 
 
+def recall_text(per_class: dict[str, Any]) -> str:
+    """``benign 0.812, normal n/a (no labelled images)``: a class without a labelled image has no
+    recall to report (its 0 in the metrics is a placeholder, not a measurement)."""
+    return ", ".join(
+        f"{label} {values['recall']:.3f}" if values.get("support", 1) else f"{label} n/a (no labelled images)"
+        for label, values in per_class.items()
+    )
+
+
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """One level of keys (``recall_benign`` ...), as the HF Trainer logs them."""
     flat = {key: metrics[key] for key in ("accuracy", "balanced_accuracy", "macro_f1")}

@@ -19,6 +19,7 @@ from medvit_edge.evaluation.metrics import (
     negative_log_likelihood,
     risk_coverage,
 )
+from medvit_edge.evaluation.refer_split import held_out_split, split_record
 from medvit_edge.runtime.policy import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
@@ -252,23 +253,34 @@ def fit_policy(
     refer_confidence: float = 0.0,
 ) -> DecisionPolicy:
     """Temperature (unless ``calibrate`` is False), then each operating point and the refer rule
-    on the calibrated probabilities of the same images. ``fitted_on`` records the split, the
-    number of images and NLL/ECE/Brier before and after scaling."""
+    on the calibrated probabilities. A certified refer rule is certified on a seeded held-out part
+    of the images (refer_split); ``fitted_on`` records the split, the number of images and
+    NLL/ECE/Brier before and after scaling."""
     z = np.asarray(logits, dtype=np.float64)
     y = _check_fit_inputs(z, label_ids)
     if z.shape[1] != len(labels):
         raise ValueError(f"{z.shape[1]} logit columns for {len(labels)} labels")
     for spec in operating_points:
         _parse_for(spec, labels)  # every spelling and label checked before any fitting
-    temperature = fit_temperature(z, y) if calibrate else 1.0
+    # a certified rule is certified on images that fitted neither T nor the points (refer_split)
+    held_out = refer_risk is not None and refer_confidence > 0 and (calibrate or bool(operating_points))
+    fit, certify = held_out_split(len(y)) if held_out else (np.arange(len(y)), np.arange(len(y)))
+    temperature = fit_temperature(z[fit], y[fit]) if calibrate else 1.0
     scaled = DecisionPolicy(temperature)
     probabilities = scaled.probabilities(np.asarray(logits, dtype=np.float32))
-    points = tuple(choose_operating_point(probabilities, y, labels, spec) for spec in operating_points)
+    points = tuple(
+        choose_operating_point(probabilities[fit], y[fit], labels, spec) for spec in operating_points
+    )
     refer = None
     if refer_risk is not None:
         applied = points[0] if points else None
         refer = choose_refer_rule(
-            probabilities, y, refer_risk, labels=labels, operating_point=applied, confidence=refer_confidence
+            probabilities[certify],
+            y[certify],
+            refer_risk,
+            labels=labels,
+            operating_point=applied,
+            confidence=refer_confidence,
         )
     fitted_on = {
         "split": split,
@@ -276,5 +288,6 @@ def fit_policy(
         "calibrated": calibrate,
         **_calibration_stats(softmax(np.asarray(logits, dtype=np.float32)), y, "before"),
         **_calibration_stats(probabilities, y, "after"),
+        **(split_record(fit, certify) if held_out else {}),
     }
     return DecisionPolicy(temperature, points, refer, fitted_on)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from medvit_edge.evaluation.metrics import recall_text
+
 if TYPE_CHECKING:
     from medvit_edge.evaluation.records import EvaluationReport
 
@@ -64,7 +66,7 @@ def warnings_for(found: Verdict, where: str) -> list[str]:
 def result_line(metrics: dict[str, Any], split: str) -> tuple[str, list[str]]:
     """train's result line (accuracy, baseline, balanced accuracy, recalls) and its warnings."""
     found = verdict(metrics)
-    recalls = ", ".join(f"{k} {v['recall']:.3f}" for k, v in metrics["per_class"].items())
+    recalls = recall_text(metrics["per_class"])
     baseline = f" ({baseline_text(found)})" if found else ""
     line = (
         f"{split} accuracy {metrics['accuracy']:.3f}{baseline}, balanced accuracy "

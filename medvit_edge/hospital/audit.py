@@ -19,16 +19,26 @@ sends the report.
 (back-pressure) rather than dropping a line: an audit trail with holes is worse than a slower
 prediction. How often that happened is counted in ``waits`` and logged once.
 
-**Failure**: when the file cannot be written (disk full, removed volume), every later ``submit``,
-``wait`` and ``log`` raises ``AuditError`` (exit 2 for a command), so nothing is released
-unaudited.
+**Failure**: when the file cannot be written (disk full, removed volume), or the writer thread
+meets any other exception (a bug, a failing ``on_durable`` callback), the failure is recorded,
+every waiter wakes, and every later ``submit``, ``wait``, ``log`` and ``close`` raises
+``AuditError`` (exit 2 for a command), so nothing is released unaudited and nothing waits
+forever. ``close`` may be called any number of times, from any thread: the first one writes what
+is pending and closes the file, the others wait for it and give the same outcome.
+
+**The file** must be a regular file or not exist yet: a symbolic link (it could point anywhere)
+and a FIFO, device or socket (opening a FIFO would block before the first prediction) are refused
+with one line, before any work.
 
 **Format** (one object per line, UTF-8): ``time`` (UTC, ISO 8601), ``source`` (``infer``,
 ``node``, or the embedding program's name), ``input`` (a path, or the SOPInstanceUID of an
 instance received over the network), ``frame``, ``study_uid``, ``series_uid``, ``sop_uid``,
-``input_sha256``, ``model`` (name), ``model_sha256`` (always: the runtime hashes the file it
-loads), ``model_version``, ``variant``, ``label``, ``probabilities``, ``decision``, ``error``,
-``software`` (package versions) and ``host``. The file is opened ``O_APPEND`` and never
+``input_sha256`` (of the very bytes that were decoded and classified: each input is read once),
+``model`` (the model file's path, absolute), ``model_name`` and ``model_version`` (the governance
+name and whole-number version the file's metadata carries, ``""`` for a file exported without
+them), ``model_sha256`` (always: the runtime hashes the file it loads), ``variant``,
+``exported`` (export time), ``label``, ``probabilities``, ``decision``, ``error``, ``software``
+(package versions) and ``host``. The file is opened ``O_APPEND`` and never
 rewritten; a line cut short by a machine crash (never by a killed process, whose ``write()``
 completes) is ended with a newline on the next open, so later lines stay parseable.
 """
@@ -39,6 +49,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -67,18 +78,31 @@ class ModelIdentity:
     """What made a prediction: in every audit line and every DICOM report."""
 
     name: str  # e.g. "busi-vitl/model.int8.onnx": the run folder and the file
-    version: str  # variant and export time, e.g. "int8-dynamic, exported 2026-01-02T03:04:05Z"
+    version: str  # the governance version (a whole number as text), "unversioned" when absent
     sha256: str
     variant: str
+    path: str = ""  # the model file, absolute
+    exported: str = ""  # export time, ISO 8601 UTC
+    model_name: str = ""  # the governance name (model card)
+    governance_version: str = ""  # the metadata's model_version as stored ("" when absent)
 
     @classmethod
     def of(cls, classifier: Any) -> ModelIdentity:
         """From a loaded ``Classifier`` (its sha256 is always set: the runtime hashes the file)."""
-        path = Path(classifier.path)
+        path = Path(os.path.abspath(classifier.path))  # "onnx/x.onnx" keeps its folders
         name = f"{path.parent.parent.name}/{path.name}" if path.parent.name == "onnx" else path.name
-        created = classifier.metadata.created
-        version_text = f"{classifier.variant}, exported {created}" if created else classifier.variant
-        return cls(name, version_text, classifier.sha256, classifier.variant)
+        metadata = classifier.metadata
+        governed = str(getattr(metadata, "model_version", "") or "")
+        return cls(
+            name=name,
+            version=governed or "unversioned",
+            sha256=classifier.sha256,
+            variant=classifier.variant,
+            path=str(path),
+            exported=str(getattr(metadata, "created", "") or ""),
+            model_name=str(getattr(metadata, "model_name", "") or ""),
+            governance_version=governed,
+        )
 
 
 def utc_now() -> str:
@@ -97,10 +121,12 @@ def prediction_record(
         "frame": "" if row.frame is None else row.frame,
         **row.ids.columns(),
         "input_sha256": row.input_sha256,
-        "model": model.name,
+        "model": model.path or model.name,
+        "model_name": model.model_name,
+        "model_version": model.governance_version,
         "model_sha256": model.sha256,
-        "model_version": model.version,
         "variant": model.variant,
+        "exported": model.exported,
         "label": row.label,
         "probabilities": probabilities,
         "decision": row.decision or None,
@@ -120,12 +146,13 @@ class AuditLog:
     def __init__(self, path: Path, capacity: int = CAPACITY, on_durable: Callable[[int], None] | None = None):
         self.path, self.capacity, self.on_durable = Path(path), max(capacity, 1), on_durable
         self.waits = 0  # times submit found the buffer full
-        self._fd = _open_append(self.path)
+        self._fd: int | None = _open_append(self.path)
         self._pending: deque[tuple[int, bytes]] = deque()
         self._submitted = self._durable = 0
         self._error: str | None = None
         self._closing = False
         self._lock = threading.Condition()
+        self._close_lock = threading.Lock()  # one close at a time; later ones find it done
         self._thread = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -153,7 +180,7 @@ class AuditLog:
     def submit(self, record: dict[str, Any]) -> int:
         """Queue one line; returns its sequence number (1, 2, ...). Waits only while the buffer
         is full; raises ``AuditError`` once writing has failed or after ``close``."""
-        line = (json.dumps(record, allow_nan=False, ensure_ascii=False) + "\n").encode("utf-8")
+        line = _encode(record, self.path)
         with self._lock:
             if len(self._pending) >= self.capacity and not self._error:
                 self.waits += 1
@@ -161,7 +188,7 @@ class AuditLog:
                     logger.warning(
                         "audit log %s: the disk is slower than the predictions; waiting", self.path
                     )
-            while len(self._pending) >= self.capacity and not self._error:
+            while len(self._pending) >= self.capacity and not self._error and not self._closing:
                 self._lock.wait()
             self._raise_if_failed()
             if self._closing:
@@ -172,13 +199,24 @@ class AuditLog:
             return self._submitted
 
     def wait(self, seq: int, timeout: float | None = None) -> bool:
-        """Until line ``seq`` is durable (True) or ``timeout`` seconds passed (False)."""
+        """Until line ``seq`` is durable (True) or ``timeout`` seconds passed (False); raises
+        ``AuditError`` once writing has failed, or when the log closed without writing it."""
         with self._lock:
-            self._lock.wait_for(lambda: self._durable >= seq or self._error is not None, timeout)
+            self._lock.wait_for(lambda: self._settled(seq), timeout)
             if self._durable >= seq:
                 return True
             self._raise_if_failed()
+            if self._stopped:
+                raise AuditError(f"audit log {self.path}: closed before line {seq} was written")
             return False
+
+    def _settled(self, seq: int) -> bool:
+        return self._durable >= seq or self._error is not None or self._stopped
+
+    @property
+    def _stopped(self) -> bool:
+        """The writer is gone (closed, or died): nothing more will become durable."""
+        return self._closing and not self._thread.is_alive()
 
     def log(self, record: dict[str, Any]) -> int:
         """Submit and wait until the line is durable: acknowledged when this returns."""
@@ -188,17 +226,21 @@ class AuditLog:
 
     def close(self) -> None:
         """Write what is pending, stop the writer and close the file; raises ``AuditError`` when
-        pending lines could not be written."""
-        with self._lock:
-            if self._fd is None:
-                return
-            self._closing = True
-            self._lock.notify_all()
-        self._thread.join()
-        os.close(self._fd)
-        self._fd = None
-        with self._lock:
-            self._raise_if_failed()
+        pending lines could not be written. Idempotent and safe from several threads."""
+        with self._close_lock:
+            with self._lock:
+                self._closing = True
+                self._lock.notify_all()
+            self._thread.join()
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError as exc:  # NFS reports a failed write-back here
+                    self._fail(f"closing it: {exc.strerror or exc}")
+            with self._lock:
+                self._lock.notify_all()  # waiters of lines that will never be written
+                self._raise_if_failed()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -206,7 +248,27 @@ class AuditLog:
                 f"audit log {self.path}: cannot write it ({self._error}); nothing more is released"
             )
 
+    def _fail(self, error: str) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = error
+            self._lock.notify_all()
+        logger.error("audit log %s: cannot write it (%s)", self.path, error)
+
     def _write_loop(self) -> None:
+        """Any exception here is recorded and wakes every waiter: a dead writer must never leave
+        ``wait``/``log``/``submit`` blocked, nor ``close`` returning as if all was written."""
+        try:
+            self._write_batches()
+        except BaseException as exc:  # recorded, then every caller raises it
+            self._fail(_reason(exc))
+        finally:
+            with self._lock:
+                if self._pending and self._error is None:  # cannot happen; never drop silently
+                    self._error = f"{len(self._pending)} line(s) left unwritten"
+                self._lock.notify_all()
+
+    def _write_batches(self) -> None:
         while True:
             with self._lock:
                 self._lock.wait_for(lambda: bool(self._pending) or self._closing)
@@ -215,15 +277,8 @@ class AuditLog:
                 batch = list(self._pending)
                 self._pending.clear()
                 self._lock.notify_all()  # room in the buffer
-            try:
-                _write_all(self._fd, b"".join(line for _, line in batch))
-                os.fsync(self._fd)  # type: ignore[arg-type]
-            except OSError as exc:
-                with self._lock:
-                    self._error = exc.strerror or str(exc)
-                    self._lock.notify_all()
-                logger.error("audit log %s: cannot write it (%s)", self.path, self._error)
-                return
+            _write_all(self._fd, b"".join(line for _, line in batch))
+            os.fsync(self._fd)  # type: ignore[arg-type]
             with self._lock:
                 self._durable = batch[-1][0]
                 self._lock.notify_all()
@@ -231,28 +286,83 @@ class AuditLog:
                 self.on_durable(self._durable)
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _encode(record: dict[str, Any], path: Path) -> bytes:
+    """One JSON line; a record that is not plain JSON (NaN, an object) is an ``AuditError``."""
+    try:
+        return (json.dumps(record, allow_nan=False, ensure_ascii=False) + "\n").encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise AuditError(f"audit log {path}: a line cannot be written as JSON ({exc})") from exc
+
+
 def _open_append(path: Path) -> int:
     """Open for appending (created 0640 when new, its folder entry made durable too); a torn
-    last line left by a machine crash is ended first."""
-    created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    last line left by a machine crash is ended first. A symbolic link, FIFO, device or socket is
+    an ``AuditError``: never followed, never blocked on."""
+    created = not os.path.lexists(path)
+    # read-write for the torn-line check; non-blocking so that a FIFO cannot hang the open
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
     try:
+        fd = os.open(path, flags, 0o640)
+    except OSError:
+        _refuse_kind(path)
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise AuditError(f"--audit-log {path}: is not a regular file (a device, pipe or socket)")
+        os.set_blocking(fd, True)
         size = os.fstat(fd).st_size
-        if size and _last_byte(path, size) != b"\n":
+        if size and _last_byte(fd, size) != b"\n":
             _write_all(fd, b"\n")
         os.fsync(fd)
         if created:
             _fsync_folder(path.parent)
-    except OSError:
+    except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def _last_byte(path: Path, size: int) -> bytes:
-    with open(path, "rb") as handle:
-        handle.seek(size - 1)
-        return handle.read(1)
+def check_audit_path(path: Path, output: Path | None = None) -> None:
+    """Before any work: refuse an ``--audit-log`` that is a link, a directory, a FIFO or device,
+    in a folder that does not exist, or the same file as ``output`` (the predictions would
+    replace the audit history)."""
+    _refuse_kind(path)
+    if not path.parent.is_dir():
+        raise AuditError(f"--audit-log {path}: folder {path.parent} does not exist")
+    if output is not None and _same_path(path, output):
+        raise AuditError(
+            f"--audit-log {path}: is also the --output file; writing the predictions there would "
+            "replace the audit history. Choose two files."
+        )
+
+
+def _same_path(first: Path, second: Path) -> bool:
+    try:
+        if first.exists() and second.exists():
+            return os.path.samefile(first, second)
+    except OSError:
+        pass
+    return os.path.realpath(first) == os.path.realpath(second)
+
+
+def _refuse_kind(path: Path) -> None:
+    """The one-line reason a path that could not be opened is refused, when it is its kind."""
+    if path.is_symlink():
+        raise AuditError(f"--audit-log {path}: is a symbolic link; name a regular file")
+    if path.is_dir():
+        raise AuditError(f"--audit-log {path}: is a directory; name a file in it")
+    if path.exists() and not path.is_file():
+        raise AuditError(f"--audit-log {path}: is not a regular file (a device, pipe or socket)")
+
+
+def _last_byte(fd: int, size: int) -> bytes:
+    return os.pread(fd, 1, size - 1)
 
 
 def _write_all(fd: int | None, data: bytes) -> None:

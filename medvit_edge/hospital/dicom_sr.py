@@ -126,6 +126,7 @@ def build_report(
         parameters=[
             f"model_sha256={model.sha256}",
             f"variant={model.variant}",
+            *([f"exported={model.exported}"] if model.exported else []),
             f"software=medvit-edge {__version__}",
             RESEARCH_NOTICE,
         ],
@@ -173,7 +174,7 @@ def _contributing_equipment(hd: Any, model: ModelIdentity, uid_root: str | None)
         purpose_of_reference=codes.DCM.ProcessingEquipment,
         manufacturer_model_name=model.name[-64:],
         software_versions=[f"medvit-edge {__version__}", model.variant[:64], f"sha256 {model.sha256[:16]}"],
-        contribution_description=f"AI classification ({model.version})"[:1024],
+        contribution_description=f"AI classification (model version {model.version}, {model.variant})"[:1024],
     )
     item.DeviceUID = device_uid(model, uid_root)
     return item

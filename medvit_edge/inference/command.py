@@ -30,7 +30,7 @@ from typing import Any
 
 from medvit_edge.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE, UserError, printable
 from medvit_edge.evaluation.metrics import classification_metrics
-from medvit_edge.hospital.audit import AuditLog, ModelIdentity, audit_rows
+from medvit_edge.hospital.audit import AuditLog, ModelIdentity, audit_rows, check_audit_path
 from medvit_edge.inference.decoding import decode_file
 from medvit_edge.inference.engine import EngineOptions, classify_files, resolve_model_path
 from medvit_edge.inference.output import Writer, format_predictions, write_predictions
@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
+# One batch tensor is allocated up front: 1024 images of 384x384 are 1.8 GB of float32.
+MAX_BATCH_SIZE = 1024
 
 
 @dataclass
@@ -120,6 +122,8 @@ def check_arguments(cfg: InferConfig) -> None:
     """Numbers that would only fail after the whole run (or never finish) are refused first."""
     if cfg.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.batch_size > MAX_BATCH_SIZE:  # its tensor is allocated up front
+        raise UserError(f"--batch-size must be at most {MAX_BATCH_SIZE}, got {cfg.batch_size}")
     if cfg.threads is not None and cfg.threads < 0:
         raise UserError(f"--threads must be 0 (all cores) or more, got {cfg.threads}")
     if cfg.decode_workers < 1:
@@ -241,6 +245,8 @@ def infer(cfg: InferConfig, classifier: Classifier | None = None) -> InferSummar
         readable = [item.path for item in items if not item.error]
         protected = readable + ([cfg.labels_csv] if cfg.labels_csv else [])
         check_output(cfg.output, protected)
+    if cfg.audit_log is not None:
+        check_audit_path(cfg.audit_log, cfg.output)
     if cfg.dicom_out is not None:
         from medvit_edge.hospital.dicom_sr import check_report_folder
 
@@ -286,8 +292,8 @@ def _classify_audited(
 ) -> tuple[list[dict[str, Any]], dict[int, str]]:
     """``classify_files``; with an audit log, every row's line is durable before any result leaves
     (an ``AuditError``, exit 2, when it cannot be written)."""
-    if cfg.audit_log is None:
-        return classify_files(items, classifier, cfg.engine)
+    if cfg.audit_log is None:  # overlays check that they draw the bytes that were classified
+        return classify_files(items, classifier, cfg.engine, digest=cfg.overlays is not None)
     clash = _input_at(cfg.audit_log, [item.path for item in items if not item.error])
     if clash is not None:  # appending to an input would corrupt it
         raise UserError(f"--audit-log {cfg.audit_log}: this is the input {clash}; choose another file")

@@ -12,6 +12,7 @@ most ``window`` files in flight, and come back in input order.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,9 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medvit_edge.files import sha256_file
 from medvit_edge.io.inputs import InputFile
-from medvit_edge.io.reader import NO_IDS, DicomIds, ids_of_error, read_file
+from medvit_edge.io.reader import NO_IDS, DicomIds, ids_of_error, read_bytes, read_file
 from medvit_edge.runtime.classifier import raw_pixels
 from medvit_edge.runtime.images import ImageDecodeError, refuse_constant
 from medvit_edge.runtime.preprocess import PreprocessSpec, preprocess
@@ -43,16 +43,23 @@ class DecodedFile:
     error: str = ""
 
 
-def decode_file(path: Path, spec: PreprocessSpec, digest: bool = False, raw: bool = False) -> DecodedFile:
+def decode_file(
+    path: Path, spec: PreprocessSpec, digest: bool = False, raw: bool = False, data: bytes | None = None
+) -> DecodedFile:
     """One file -> its preprocessed frames (a single image is frame 0). A blank frame of a
     multi-frame file is that frame's error (a cine loop keeps its other frames); a blank
-    single-frame file is an ``ImageDecodeError``. ``digest``: also hash the file's bytes.
-    ``raw``: the frames as the RGB uint8 (H, W, 3) arrays a raw-input model takes."""
-    decoded = read_file(path, check_constant=False)
+    single-frame file is an ``ImageDecodeError``. ``digest``: the file is read once into memory,
+    hashed and decoded from those very bytes (``data``: bytes already read), so the hash names
+    the bytes classified even when the file is rewritten meanwhile. ``raw``: the frames as the
+    RGB uint8 (H, W, 3) arrays a raw-input model takes."""
+    if digest and data is None:
+        data = read_bytes(path)
+    decoded = read_file(path, check_constant=False, data=data)
     if len(decoded.frames) == 1:
         refuse_constant(decoded.frames[0], str(path))
     frames = [(i, _frame_tensor(path, i, frame, spec, raw)) for i, frame in enumerate(decoded.frames)]
-    return DecodedFile(frames, decoded.ids, _digest(path) if digest else "")
+    sha256 = hashlib.sha256(data).hexdigest() if digest and data is not None else ""
+    return DecodedFile(frames, decoded.ids, sha256)
 
 
 def _frame_tensor(
@@ -67,25 +74,25 @@ def _frame_tensor(
     return preprocess(frame, spec)
 
 
-def _digest(path: Path) -> str:
-    try:
-        return sha256_file(path)
-    except OSError:  # unreadable: the decode error already says why
-        return ""
-
-
 def decode_safely(
     item: InputFile, spec: PreprocessSpec, digest: bool = False, raw: bool = False
 ) -> DecodedFile:
-    """``decode_file``, with every failure turned into an ``error`` (one row, never the run)."""
+    """``decode_file``, with every failure turned into an ``error`` (one row, never the run).
+    With ``digest`` the file is read once: a failed decode carries the hash of the bytes read."""
     if item.error:
         return DecodedFile(error=item.error)
+    data, sha256 = None, ""
     try:
-        return decode_file(item.path, spec, digest, raw)
+        if digest:
+            data = read_bytes(item.path)
+            sha256 = hashlib.sha256(data).hexdigest()
+        return decode_file(item.path, spec, digest, raw, data)
     except ImageDecodeError as exc:
-        return DecodedFile(ids=ids_of_error(exc), sha256=_digest(item.path) if digest else "", error=str(exc))
+        return DecodedFile(ids=ids_of_error(exc), sha256=sha256, error=str(exc))
+    except MemoryError:
+        return DecodedFile(sha256=sha256, error=f"{item.path}: not enough memory to decode it")
     except Exception as exc:  # a decoder bug must cost one row, never the whole run
-        return DecodedFile(error=f"{item.path}: unexpected {type(exc).__name__}: {exc}")
+        return DecodedFile(sha256=sha256, error=f"{item.path}: unexpected {type(exc).__name__}: {exc}")
 
 
 def decoded_in_order(

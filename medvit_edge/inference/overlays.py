@@ -12,13 +12,16 @@ overlays as scans), and can be written. Each overlay is named after its input
 (``benign__case_1.overlay.png`` for ``benign/case 1.png`` under a folder given; a frame of a
 multi-frame file adds ``-frame-N``), with characters outside ``[A-Za-z0-9._-]`` replaced and a
 counter added when two inputs would share a name; a path that is an input is never written.
-Each is written atomically. A file whose overlay cannot be made (it cannot be read a second time,
-say) is one error line and exit 1; the other overlays are still written; an input that failed
-classification gets none.
+Each is written atomically. The input is read a second time for its overlay and must be the very
+bytes that were classified (their sha256 is kept from the run): a file rewritten in between gets
+no overlay, since the picture would show other pixels than the label was given for. A file whose
+overlay cannot be made (changed, or unreadable the second time) is one error line and exit 1;
+the other overlays are still written; an input that failed classification gets none.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -30,7 +33,7 @@ from medvit_edge.errors import UserError, printable
 from medvit_edge.inference.explain import Explainer, write_overlay
 from medvit_edge.inference.rows import PredictionRow
 from medvit_edge.io.inputs import InputFile
-from medvit_edge.io.reader import read_file
+from medvit_edge.io.reader import read_bytes, read_file
 from medvit_edge.progress import Progress
 from medvit_edge.runtime.classifier import Classifier
 from medvit_edge.runtime.variants import VARIANTS
@@ -82,7 +85,11 @@ class OverlayWriter:
     def _write_file(
         self, path: str, rows: list[PredictionRow], labels: list[str], names: dict[tuple[str, int], str]
     ) -> list[Path]:
-        frames = read_file(path, check_constant=False).frames
+        data = read_bytes(path)
+        classified = rows[0].input_sha256
+        if classified and hashlib.sha256(data).hexdigest() != classified:
+            raise OSError(f"{path} changed since it was classified; an overlay would show other pixels")
+        frames = read_file(path, check_constant=False, data=data).frames
         images = [frames[row.frame] for row in rows if row.frame is not None]
         grids = self.explainer.heat_maps(images)
         written = []

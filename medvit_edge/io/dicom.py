@@ -36,6 +36,7 @@ Refused with an ``ImageDecodeError`` naming the file:
 
 from __future__ import annotations
 
+import io
 import os
 import zlib
 from dataclasses import dataclass
@@ -97,13 +98,16 @@ def read_dicom_header(path: str | os.PathLike[str]) -> Any:
     return _read(path, header_only=True)[0]
 
 
-def read_dicom(path: str | os.PathLike[str], check_constant: bool = True) -> DicomImage:
+def read_dicom(
+    path: str | os.PathLike[str], check_constant: bool = True, data: bytes | None = None
+) -> DicomImage:
     """The frames (as ``read_dicom_frames``) and the header, read once. A failure after the
-    header was read is a ``DicomDecodeError`` carrying that header."""
+    header was read is a ``DicomDecodeError`` carrying that header. ``data``: the file's bytes,
+    already read (``path`` then only names it in messages)."""
     _require_pydicom(path)
-    header, pixel_tag = _read(path, header_only=True)
+    header, pixel_tag = _read(path, header_only=True, data=data)
     try:
-        frames = _decode_frames(path, header, pixel_tag, check_constant)
+        frames = _decode_frames(path, header, pixel_tag, check_constant, data)
     except ImageDecodeError as exc:
         raise DicomDecodeError(str(exc), header) from exc
     return DicomImage(frames, header)
@@ -114,18 +118,21 @@ def _require_pydicom(path: object) -> None:
 
 
 def _decode_frames(
-    path: object, header: Any, pixel_tag: int | None, check_constant: bool
+    path: object, header: Any, pixel_tag: int | None, check_constant: bool, data: bytes | None = None
 ) -> list[Image.Image]:
     from pydicom.pixels import apply_color_lut
 
     if pixel_tag is None:
         raise ImageDecodeError(f"{path}: DICOM file has no pixel data (no PixelData element)")
     decoded_bytes = _check_pixel_budget(header, path)
-    dataset, _ = _read(path, header_only=False, limit=decoded_bytes + HEADER_BYTES)
+    dataset, _ = _read(path, header_only=False, limit=decoded_bytes + HEADER_BYTES, data=data)
     pixels = _pixel_array(dataset, path)
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric == "PALETTE COLOR":
-        pixels = apply_color_lut(pixels, dataset)
+        try:
+            pixels = apply_color_lut(pixels, dataset)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise ImageDecodeError(f"{path}: PALETTE COLOR image without a usable palette ({exc})") from exc
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     colour = int(dataset.get("SamplesPerPixel", 1)) == 3 or photometric == "PALETTE COLOR"
     if frames == 1 and pixels.ndim == (3 if colour else 2):
@@ -136,8 +143,11 @@ def _decode_frames(
     return images
 
 
-def _read(path: object, header_only: bool, limit: int = HEADER_BYTES) -> tuple[Any, int | None]:
-    """(dataset, the pixel data tag met or None); ``header_only`` stops before the pixel data."""
+def _read(
+    path: object, header_only: bool, limit: int = HEADER_BYTES, data: bytes | None = None
+) -> tuple[Any, int | None]:
+    """(dataset, the pixel data tag met or None); ``header_only`` stops before the pixel data.
+    ``data``: the file's bytes already in memory, read from there instead of from ``path``."""
     import pydicom
     from pydicom.filereader import read_file_meta_info, read_partial
 
@@ -150,14 +160,14 @@ def _read(path: object, header_only: bool, limit: int = HEADER_BYTES) -> tuple[A
         return False
 
     try:
-        meta = read_file_meta_info(path)  # type: ignore[arg-type]
+        meta = read_file_meta_info(path) if data is None else _meta_from_bytes(data)  # type: ignore[arg-type]
         if meta.get("TransferSyntaxUID") == DEFLATED:
-            dataset = _read_deflated(Path(str(path)), meta, at_pixels, limit)
+            dataset = _read_deflated(Path(str(path)), meta, at_pixels, limit, data)
         elif header_only:
-            with open(path, "rb") as handle:  # type: ignore[call-overload]
+            with _open(path, data) as handle:
                 dataset = read_partial(handle, stop_when=at_pixels)
         else:
-            dataset = pydicom.dcmread(path)  # type: ignore[arg-type]
+            dataset = pydicom.dcmread(path if data is None else io.BytesIO(data))  # type: ignore[arg-type]
     except ImageDecodeError:
         raise
     except Exception as exc:  # pydicom raises InvalidDicomError, OSError, ValueError ...
@@ -167,7 +177,20 @@ def _read(path: object, header_only: bool, limit: int = HEADER_BYTES) -> tuple[A
     return dataset, (met[0] if met else None)
 
 
-def _read_deflated(path: Path, meta: Any, stop_when: Any, limit: int) -> Any:
+def _open(path: object, data: bytes | None) -> Any:
+    return open(path, "rb") if data is None else io.BytesIO(data)  # type: ignore[call-overload]
+
+
+def _meta_from_bytes(data: bytes) -> Any:
+    """``read_file_meta_info`` for a file already in memory."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    handle = io.BytesIO(data)
+    read_preamble(handle, False)  # type: ignore[arg-type]
+    return _read_file_meta_info(handle)  # type: ignore[arg-type]
+
+
+def _read_deflated(path: Path, meta: Any, stop_when: Any, limit: int, data: bytes | None = None) -> Any:
     """A Deflated Explicit VR file read through a bounded, lazy inflater (pydicom itself would
     inflate the whole file in memory before reading a single element)."""
     from pydicom.filebase import DicomBytesIO
@@ -183,7 +206,7 @@ def _read_deflated(path: Path, meta: Any, stop_when: Any, limit: int) -> Any:
     buffer = DicomBytesIO()
     write_file_meta_info(buffer, meta, enforce_standard=False)
     prefix = bytes(128) + b"DICM" + buffer.getvalue()
-    with open(path, "rb") as handle:
+    with _open(path, data) as handle:
         handle.seek(start)
         reader = _InflatingReader(handle, prefix, len(prefix) + limit, str(path))
         dataset = read_partial(reader, stop_when=stop_when)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ per sample, ``read_labelled_image(path, frame)``:
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ from PIL import Image
 from medvit_edge.io.dicom import DicomDecodeError, looks_like_dicom, read_dicom
 from medvit_edge.runtime.images import DICOM_SUFFIXES, ImageDecodeError, load_image, refuse_constant
 
+# Inputs read whole into memory (to hash exactly what is decoded) are refused above this size:
+# the DICOM pixel budget (medvit_edge.io.dicom) decodes at most ~1.4 GB of 8-bit pixels.
+MAX_INPUT_BYTES = 2 << 30
 # The identifier columns of a prediction row (empty for an input that is not DICOM).
 UID_COLUMNS = ("study_uid", "series_uid", "sop_uid")
 
@@ -82,21 +86,64 @@ def is_dicom(path: str | os.PathLike[str]) -> bool:
     return path.suffix.lower() in DICOM_SUFFIXES or looks_like_dicom(path)
 
 
-def read_file(path: str | os.PathLike[str], check_constant: bool = True) -> DecodedFile:
+def is_dicom_bytes(path: Path, data: bytes) -> bool:
+    """``is_dicom`` for a file already read: its suffix, or the DICM preamble in ``data``."""
+    return path.suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM"
+
+
+def read_file(
+    path: str | os.PathLike[str], check_constant: bool = True, data: bytes | None = None
+) -> DecodedFile:
     """Every frame of a file (one for an ordinary image) with its DICOM identifiers.
 
     ``check_constant=False`` leaves blank frames of a multi-frame DICOM file to the caller
     (an ordinary image that is one constant colour is always refused). Any failure is an
     ``ImageDecodeError`` naming the file; for a DICOM file whose header could be read it is a
-    ``DicomDecodeError`` that carries the header (``ids_of_error`` gives its identifiers)."""
+    ``DicomDecodeError`` that carries the header (``ids_of_error`` gives its identifiers).
+
+    ``data``: the file's bytes, read once by ``read_bytes`` (then decoded from memory, so what
+    is decoded is exactly what was hashed; ``path`` only names the file)."""
     path = Path(path)
-    if path.exists() and not path.is_file():
+    if data is None and path.exists() and not path.is_file():
         # a FIFO or device named like an image would block the run forever on open()
         raise ImageDecodeError(f"{path}: not a regular file")
-    if is_dicom(path):
-        image = read_dicom(path, check_constant)
+    dicom = (
+        is_dicom(path)
+        if data is None
+        else (path.suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM")
+    )
+    if dicom:
+        image = read_dicom(path, check_constant, data)
         return DecodedFile(image.frames, DicomIds.from_header(image.header), image.header)
-    return DecodedFile([load_image(path)])
+    return DecodedFile([load_image(path, data)])
+
+
+def read_bytes(path: str | os.PathLike[str], limit: int = MAX_INPUT_BYTES) -> bytes:
+    """A regular file's bytes, read through one open descriptor (never blocking on a FIFO or
+    device, never more than ``limit`` bytes); an ``ImageDecodeError`` naming the file otherwise."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError as exc:
+        raise ImageDecodeError(f"{path}: file not found (or a broken link)") from exc
+    except PermissionError as exc:
+        raise ImageDecodeError(f"{path}: permission denied") from exc
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageDecodeError(f"{path}: not a regular file")
+            if info.st_size > limit:
+                raise ImageDecodeError(f"{path}: refused, {info.st_size} bytes (more than {limit})")
+            os.set_blocking(fd, True)
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise ImageDecodeError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    if len(data) > limit:  # grew while being read
+        raise ImageDecodeError(f"{path}: refused, more than {limit} bytes")
+    return data
 
 
 def ids_of_error(error: BaseException) -> DicomIds:

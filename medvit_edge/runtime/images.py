@@ -32,6 +32,7 @@ starts like a DICOM file (see ``medvit_edge.io.inputs``).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -57,14 +58,15 @@ class ImageDecodeError(ValueError):
     """An input could not be turned into an image; the message names the file and the cause."""
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open, fully decode and orient an image file, returned as RGB; a constant image is refused."""
+def load_image(path: str | os.PathLike[str], data: bytes | None = None) -> Image.Image:
+    """Open, fully decode and orient an image file, returned as RGB; a constant image is refused.
+    ``data``: the file's bytes, already read (``path`` then only names it in messages)."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             # Pillow warns (not raises) between 1x and 2x its pixel limit; treat it as an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path if data is None else io.BytesIO(data)) as image:
                 image.seek(0)
                 image.load()
                 rgb = to_rgb(ImageOps.exif_transpose(image))

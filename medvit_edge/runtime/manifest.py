@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from medvit_edge.files import write_json_atomic
 from medvit_edge.options import literal_values
 from medvit_edge.runtime.policy import DecisionPolicy
 
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest is kilobytes
 MANIFEST_NAME = "manifest.json"
 Status = Literal["passed", "failed"]
 
@@ -112,7 +114,7 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class GoldenRecord:
-    """The golden files (``golden/``): real images with every variant's expected probabilities,
+    """The golden files (``golden/``): images with every variant's expected probabilities,
     re-run by ``medvit-edge check`` on a new device (medvit_edge/deploy/golden.py)."""
 
     folder: str
@@ -120,6 +122,9 @@ class GoldenRecord:
     sha256: str  # of that JSON file, which lists every other golden file's sha256
     images: int
     variants: tuple[str, ...]
+    # "phantom": synthetic images (the default, no patient pixels); "validation": real images
+    # asked for with --golden-images (manifests written before this field hold real ones)
+    source: str = "validation"
 
 
 @dataclass(frozen=True)
@@ -153,9 +158,15 @@ class Manifest:
         unusable."""
         path = folder / MANIFEST_NAME
         if not path.is_file():
+            if os.path.lexists(path):  # a FIFO, device or dangling link must not pass for "none"
+                raise ModelLoadError(f"{path}: not a regular file; cannot verify the models against it")
             return None
         try:
+            if path.stat().st_size > MAX_MANIFEST_BYTES:
+                raise ModelLoadError(f"{path}: more than {MAX_MANIFEST_BYTES} bytes; not a manifest")
             data = json.loads(path.read_bytes().decode("utf-8"))
+        except RecursionError as exc:
+            raise ModelLoadError(f"{path}: unreadable manifest (nested too deeply)") from exc
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelLoadError(f"{path}: unreadable manifest ({exc})") from exc
         try:

@@ -34,8 +34,12 @@ they were chosen on** (empirical). The refer rule is **certified** by default: w
 ``confidence`` c (export's ``--refer-confidence``, 0.9) the threshold is the one selection with
 guaranteed risk (Geifman & El-Yaniv 2017) picks, so that with probability c over the draw of the
 validation images the error *rate* among accepted new images from the same distribution (same
-scanners, same population) is at most the target. A finite batch of new images can still show
-more errors than that rate, and nothing is promised under a shift (another scanner or hospital).
+scanners, same population) is at most the target. That guarantee assumes the confidence function
+was fixed before the certifying images were seen, so ``fit_policy`` fits the temperature and the
+operating points on one part of the validation set and certifies the refer rule on the other (a
+seeded split, recorded in ``fitted_on``: medvit_edge/evaluation/refer_split.py). A finite batch
+of new images can still show more errors than that rate, and nothing is promised under a shift
+(another scanner or hospital).
 It needs validation images: at 5% risk about 90 accepted ones without an error (86 for 157
 validation images, more with errors), and export says so when there are too few. ``confidence`` 0
 is the empirical rule, whose error on new images often exceeds the target (in 47 of 100
@@ -205,8 +209,9 @@ class DecisionPolicy:
             rows.append(("refer", "never"))
         else:
             v, rule = self.refer.validation, self.refer
+            held = f" on {fitted['certify_images']} held-out images" if "certify_images" in fitted else ""
             certified = (
-                f", at most {v['risk_bound']:.3f} with probability {rule.confidence:g}"
+                f", at most {v['risk_bound']:.3f} with probability {rule.confidence:g}{held}"
                 if rule.confidence and "risk_bound" in v
                 else ""
             )
@@ -344,7 +349,11 @@ def _check_fitted_on(value: Any, where: str) -> None:
     if not isinstance(value, dict):
         raise MetadataError(f"{where} must be a JSON object")
     for key, item in value.items():
-        if key == "images" or key.startswith(("nll_", "ece_", "brier_")):
+        if (
+            key == "images"
+            or key.endswith(("_images", "_seed"))
+            or key.startswith(("nll_", "ece_", "brier_"))
+        ):
             _number(item, f"{where} {key!r}")
         elif not isinstance(item, (str, bool)):
             raise MetadataError(f"{where} {key!r} must be a string or true/false")
