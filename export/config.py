@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args
 from medvit_edge.errors import UserError
 from medvit_edge.options import validate_literals
 from medvit_edge.runtime.int8_target import TARGETS, Int8Target, detect_target
-from medvit_edge.runtime.policy import parse_operating_point
+from medvit_edge.runtime.policy import check_refer_settings, parse_operating_point
 from medvit_edge.runtime.variants import VARIANTS, Tolerance
 
 from .openvino_config import OpenVinoInt8Config, check_installed
@@ -127,10 +127,7 @@ class ExportConfig:
         self.operating_points = tuple(self.operating_points)
         for spec in self.operating_points:
             parse_operating_point(spec)  # a bad spelling fails before the model is loaded
-        if self.refer_risk is not None and not 0 <= self.refer_risk < 1:
-            raise UserError(f"--refer-risk must be in [0, 1), got {self.refer_risk:g}")
-        if not 0 <= self.refer_confidence < 1:
-            raise UserError(f"--refer-confidence must be in [0, 1), got {self.refer_confidence:g}")
+        check_refer_settings(self.refer_risk, self.refer_confidence)
 
     @property
     def int8_config(self) -> Int8Config:

@@ -1,4 +1,4 @@
-"""Checksums and atomic writes.
+"""Checksums, atomic writes and the writable-folder check.
 
 ``atomic_writer`` leaves either the old file or the complete new one, never half, and removes
 its temporary file on any exception. A signal that kills the process skips that clean-up, so
@@ -18,6 +18,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from medvit_edge.errors import UserError
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -59,6 +61,17 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[
 
 
 _UMASK_LOCK = threading.Lock()
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Create and remove a file in ``folder``: the only sure test that results can be written
+    there (``os.access`` is wrong on read-only mounts, ACLs and for root). A ``UserError`` naming
+    ``what`` (the option and its value) otherwise, before any work is done."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".medvit-edge.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what}: cannot write in {folder} ({exc.strerror or exc})") from exc
 
 
 def _umask() -> int:

@@ -303,12 +303,12 @@ def test_an_input_rewritten_after_it_was_read_is_hashed_as_classified(
 
     monkeypatch.setattr(decoding_module, "read_file", read_then_rewrite)
     result = decode_safely(InputFile(source), spec, digest=True)
-    assert not isinstance(result, str), result
+    assert not result.error, result.error
     assert result.sha256 == hashlib.sha256(original).hexdigest()
     assert source.read_bytes() != original  # it was rewritten, and the hash is still the original's
     kept = tmp_path / f"kept{source.suffix}"
     kept.write_bytes(original)
-    ((_, tensor),) = result  # the original image's pixels, not the replacement's
+    ((_, tensor),) = result.frames  # the original image's pixels, not the replacement's
     np.testing.assert_array_equal(tensor, preprocess(read_file(kept).frames[0], spec))
 
 
@@ -316,7 +316,7 @@ def test_a_failed_decode_is_hashed_from_the_same_read(tmp_path: Path) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     result = decode_safely(InputFile(broken), PreprocessSpec(size=64, resize_size=64), digest=True)
-    assert isinstance(result, str) and "not a readable image" in result
+    assert "not a readable image" in result.error
     assert result.sha256 == hashlib.sha256(broken.read_bytes()).hexdigest()
 
 

@@ -26,9 +26,9 @@ The convention, for whoever writes a page:
   every extra it names must exist in pyproject.toml), ``make TARGET`` (not run; the target must
   exist in the Makefile). Anything else needs the not-run marker. ``#`` starts a comment and
   ``\\`` continues a line, as in bash.
-- ``medvit-edge train`` runs with ``--max-steps 4`` added and ``medvit-edge export`` with
-  ``--allow-degraded`` (four steps make no model worth validating): the commands are checked, not
-  the toy model's quality.
+- ``medvit-edge train`` runs with ``--max-steps 4`` added, ``medvit-edge demo`` with
+  ``--epochs 1`` and ``medvit-edge export`` with ``--allow-degraded`` (four steps make no model
+  worth validating): the commands are checked, not the toy model's quality.
 - A Python block runs as its own script (a fresh interpreter) in the page's folder.
 """
 
@@ -201,6 +201,8 @@ def run_medvit(args: list[str], cwd: Path, where: str) -> None:
         args = [*args, "--max-steps", "4"]
     if args and args[0] == "export" and "--allow-degraded" not in args:
         args = [*args, "--allow-degraded"]
+    if args and args[0] == "demo" and "--epochs" not in args:
+        args = [*args, "--epochs", "1"]
     done = subprocess.run(
         [sys.executable, "-m", "medvit_edge.cli", *args],
         cwd=cwd,

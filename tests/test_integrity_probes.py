@@ -143,5 +143,5 @@ def test_an_expected_bad_dicom_is_never_an_unexpected_error(tmp_path: Path) -> N
     path = tmp_path / "palette.dcm"
     ds.save_as(path, enforce_file_format=True)
     result = decode_safely(InputFile(path), PreprocessSpec(size=32, resize_size=32), digest=True)
-    assert isinstance(result, str) and "unexpected" not in result
-    assert "PALETTE COLOR image without a usable palette" in result
+    assert result.error and "unexpected" not in result.error
+    assert "PALETTE COLOR image without a usable palette" in result.error

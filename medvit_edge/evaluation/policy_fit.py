@@ -27,6 +27,7 @@ from medvit_edge.runtime.policy import (
     Goal,
     OperatingPoint,
     ReferRule,
+    check_refer_settings,
     parse_operating_point,
     softmax,
 )
@@ -150,10 +151,7 @@ def choose_refer_rule(
 
     ``confidence`` 0: the error is met on the validation images (empirical). ``confidence`` c > 0:
     the error is certified for new images, with probability c (see ``_certified``)."""
-    if not 0 <= target_risk < 1:
-        raise UserError(f"--refer-risk must be in [0, 1), got {target_risk:g}")
-    if not 0 <= confidence < 1:
-        raise UserError(f"--refer-confidence must be in [0, 1), got {confidence:g}")
+    check_refer_settings(target_risk, confidence)
     p = np.asarray(probabilities, dtype=np.float64)
     y = _check_fit_inputs(p, label_ids)
     names = list(labels) if labels is not None else [str(i) for i in range(p.shape[1])]

@@ -39,7 +39,6 @@ Series or SOP Instance UID or SOP Class UID cannot be referenced: an error namin
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ from typing import Any
 
 from medvit_edge import __version__
 from medvit_edge.errors import UserError
-from medvit_edge.files import atomic_writer
+from medvit_edge.files import atomic_writer, check_writable_folder
 from medvit_edge.hospital.audit import ModelIdentity
 from medvit_edge.inference.rows import PredictionRow
 
@@ -88,8 +87,7 @@ def check_report_folder(folder: Path) -> None:
             folder.mkdir()
         except OSError as exc:
             raise UserError(f"--dicom-out {folder}: cannot create it ({exc.strerror or exc})") from exc
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"--dicom-out {folder}: cannot write in it (permission denied)")
+    check_writable_folder(folder, f"--dicom-out {folder}")
 
 
 def derived_uid(uid_root: str | None, *sources: str) -> str:

@@ -23,13 +23,13 @@ from __future__ import annotations
 import csv
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medvit_edge.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE, UserError, printable
 from medvit_edge.evaluation.metrics import classification_metrics
+from medvit_edge.files import check_writable_folder
 from medvit_edge.hospital.audit import AuditLog, ModelIdentity, audit_rows, check_audit_path
 from medvit_edge.inference.decoding import decode_file
 from medvit_edge.inference.engine import EngineOptions, classify_files, resolve_model_path
@@ -187,15 +187,10 @@ def _same_file(path: Path, target: str, name: str, exists: bool) -> bool:
 
 
 def _probe_folder(output: Path) -> None:
-    """Create and remove a file beside ``output``: the only sure test that it can be written."""
     folder = output.parent
     if not folder.is_dir():
         raise UserError(f"--output {output}: folder {folder} does not exist")
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{output.name}.", suffix=".probe"):
-            pass
-    except OSError as exc:
-        raise UserError(f"--output {output}: cannot write in {folder} ({exc.strerror or exc})") from exc
+    check_writable_folder(folder, f"--output {output}")
 
 
 def read_labels_csv(path: Path) -> dict[str, str]:

@@ -24,12 +24,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medvit_edge.errors import UserError, printable
+from medvit_edge.files import check_writable_folder
 from medvit_edge.inference.explain import Explainer, write_overlay
 from medvit_edge.inference.rows import PredictionRow
 from medvit_edge.io.inputs import InputFile
@@ -226,9 +226,6 @@ def make_folder(folder: Path) -> None:
     """Create ``folder`` (and its parents) and prove a file can be made in it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".overlays.", suffix=".probe"):
-            pass
     except OSError as exc:
-        raise UserError(
-            f"--overlays {printable(folder)}: cannot write there ({exc.strerror or exc})"
-        ) from exc
+        raise UserError(f"--overlays {printable(folder)}: cannot create it ({exc.strerror or exc})") from exc
+    check_writable_folder(folder, f"--overlays {printable(folder)}")

@@ -18,13 +18,12 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 from medvit_edge.errors import UserError
-from medvit_edge.files import atomic_writer
+from medvit_edge.files import atomic_writer, check_writable_folder
 from medvit_edge.inference.output import json_record
 from medvit_edge.inference.rows import PredictionRow
 from medvit_edge.lazy import import_optional
@@ -84,10 +83,7 @@ def check_folder_target(folder: Path) -> None:
     parent = folder.absolute().parent
     if not parent.is_dir():
         raise UserError(f"--output {folder}: folder {parent} does not exist")
-    try:
-        tempfile.TemporaryDirectory(dir=parent, prefix=f".{folder.name}.probe-").cleanup()
-    except OSError as exc:
-        raise UserError(f"--output {folder}: cannot write in {parent} ({exc.strerror or exc})") from exc
+    check_writable_folder(parent, f"--output {folder}")
 
 
 class PartitionedParquet:

@@ -239,6 +239,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def check_refer_settings(risk: float | None, confidence: float) -> None:
+    """``--refer-risk`` and ``--refer-confidence`` in [0, 1): checked before any fitting."""
+    if risk is not None and not 0 <= risk < 1:
+        raise UserError(f"--refer-risk must be in [0, 1), got {risk:g}")
+    if not 0 <= confidence < 1:
+        raise UserError(f"--refer-confidence must be in [0, 1), got {confidence:g}")
+
+
 def parse_operating_point(spec: str) -> tuple[str, Goal, float]:
     """``"malignant-sensitivity=0.95"`` -> ("malignant", "sensitivity", 0.95); ``UserError`` else."""
     match = _SPEC.match(spec.strip())
