@@ -37,7 +37,7 @@ def guarded_int8(
     onnxruntime's quantizer for the variant; export/openvino.py passes NNCF's), from the ``source``
     graph (default model.onnx), whose layers are the ones ranked."""
     cfg, int8 = exporter.cfg, exporter.cfg.int8_config
-    build = build or _builder(exporter, variant, int8)
+    build = build or _builder(exporter, variant, int8, source or exporter.fp32_path)
     record = _attempt(exporter, variant, build, ())
     if record.status == "passed" or not cfg.int8_guard_search:
         return record
@@ -75,9 +75,9 @@ def _attempt(exporter: Exporter, variant: Variant, build: Build, excluded: tuple
     return exporter.finish(variant, started, quantization)
 
 
-def _builder(exporter: Exporter, variant: Variant, int8: Int8Config) -> Build:
-    source, target = exporter.fp32_path, exporter.path(variant)
-    if variant.name == "int8-dynamic":
+def _builder(exporter: Exporter, variant: Variant, int8: Int8Config, source: Path) -> Build:
+    target = exporter.path(variant)
+    if variant.name.startswith("int8-dynamic"):  # and its token-merged twin
         return lambda exclude: onnx_to_int8_dynamic(source, target, int8, exclude)
     calibration = calibration_pixels(exporter)
     method = exporter.cfg.calibration_method

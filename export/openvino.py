@@ -44,11 +44,12 @@ def build_openvino_fp32(exporter: Exporter, variant: Variant) -> VariantRecord:
     return exporter.finish(variant, started)
 
 
-def openvino_int8_builder(exporter: Exporter, variant: Variant) -> Build:
-    """What the int8 guard calls for each attempt: layers to keep in float -> the settings used."""
+def openvino_int8_builder(exporter: Exporter, variant: Variant, source: Path | None = None) -> Build:
+    """What the int8 guard calls for each attempt: layers to keep in float -> the settings used.
+    ``source``: the ONNX graph converted (default: the unfused fp32 one)."""
     calibration = calibration_pixels(exporter)
     settings = exporter.cfg.openvino_int8
-    source, target = exporter.unfused_path, exporter.path(variant)
+    source, target = source or exporter.unfused_path, exporter.path(variant)
     return lambda exclude: openvino_to_int8(source, target, settings, calibration, exclude)
 
 

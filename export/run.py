@@ -23,10 +23,11 @@ import numpy as np
 from medvit_edge.checkpoint import load_spec
 from medvit_edge.errors import UserError
 from medvit_edge.files import sha256_file
-from medvit_edge.manifest import MANIFEST_NAME, Manifest, Validation, VariantRecord
+from medvit_edge.manifest import MANIFEST_NAME, Manifest, MergeReport, Validation, VariantRecord
 from medvit_edge.metadata import ModelMetadata
 from medvit_edge.recommend import recommend
 from medvit_edge.runtime import Classifier
+from medvit_edge.train.merging import MergePlan
 from medvit_edge.variants import VARIANTS, Variant
 
 from .card import read_governance, write_folder_card
@@ -34,6 +35,7 @@ from .config import ExportConfig
 from .explain import add_attention_outputs
 from .golden import write_golden
 from .int8 import guarded_int8
+from .merged import build_merged, resolve_merging
 from .openvino import build_openvino_fp32, openvino_int8_builder, write_ir_metadata
 from .policy import export_policy
 from .raw import add_raw_input, check_spec
@@ -64,7 +66,9 @@ def export(cfg: ExportConfig) -> ExportResult:
     exporter = Exporter(cfg)
     with tempfile.TemporaryDirectory() as scratch:
         exporter.scratch = Path(scratch)
-        records = [exporter.build(VARIANTS[name]) for name in cfg.requested_variants()]
+        variants = [VARIANTS[name] for name in cfg.requested_variants()]
+        # merged twins only once their schedule is known (auto may find none that passes)
+        records = [exporter.build(v) for v in variants if not v.merged or resolve_merging(exporter)]
     assert cfg.output is not None
     records, recommended = recommend(cfg.output, records)  # each passed variant timed on this machine
     manifest = replace(exporter.manifest(records), recommended=recommended)
@@ -108,14 +112,22 @@ class Exporter:
         self.num_heads, self.hidden_size = model.config.num_attention_heads, model.config.hidden_size
         self.fusions: dict[str, int] = {}
         self.scratch = Path(tempfile.gettempdir())
+        self.model = model  # the unmerged reference, for token-merged twins (export/merged.py)
+        self.merge_plan: MergePlan | None = None
+        self.merge_report: MergeReport | None = None
 
     def build(self, variant: Variant) -> VariantRecord:
+        if variant.merged:
+            return build_merged(self, variant)
         method: Callable[[Variant], VariantRecord] = getattr(self, variant.name.replace("-", "_"))
         logger.info("exporting %s -> %s", variant.name, self.path(variant))
         return method(variant)
 
     def path(self, variant: Variant) -> Path:
         assert self.cfg.output is not None
+        if variant.merged:
+            assert self.merge_plan is not None
+            return self.cfg.output / variant.file_for(self.merge_plan.tag)
         return self.cfg.output / variant.file_name
 
     @property
@@ -207,6 +219,7 @@ class Exporter:
             input=variant.input,
             **self.governance.metadata_fields(),
             policy=self.policy,
+            token_merging=self.merge_plan.to_dict() if variant.merged and self.merge_plan else {},
         )
         (write_ir_metadata if path.suffix == ".xml" else write_metadata)(path, metadata)
         seconds = time.perf_counter() - started
@@ -267,6 +280,7 @@ class Exporter:
             graph_fusions=self.fusions,
             variants=tuple(records),
             decision_policy=self.policy,
+            token_merging=self.merge_report,
         )
 
 

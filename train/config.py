@@ -74,6 +74,9 @@ class TrainConfig:
     duplicate_hash_distance: int = 45  # 16x16 dHash Hamming distance for near-duplicates
     max_samples_per_split: int | None = None  # cap for quick runs; None uses every image
     progress: bool = True
+    # token merging during training (medvit_edge/train/merging.py): r token pairs merged in every
+    # encoder layer; the saved weights are a plain ViT, and export merges at this r by default
+    merge_tokens: int = 0
     license: str = (
         "other"  # the trained model's licence, for its model card (base model and data licences apply)
     )
@@ -91,6 +94,11 @@ class TrainConfig:
             raise UserError("val_fraction and test_fraction must be between 0 and 1")
         if not self.epochs > 0 or not self.learning_rate > 0:
             raise UserError("epochs and learning rate must be positive")
+        merge = self.merge_tokens
+        if isinstance(merge, bool) or not isinstance(merge, int) or merge < 0:
+            raise UserError(f"merge_tokens must be a whole number, 0 or more, got {self.merge_tokens!r}")
+        if self.merge_tokens and self.gradient_checkpointing:
+            raise UserError("--merge-tokens and --gradient-checkpointing cannot be combined")
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, **overrides: Any) -> TrainConfig:

@@ -78,6 +78,13 @@ def _train_setting(flag: str, field: str, help_text: str, kind: Any = str) -> An
 @click.option("--hub-model-id", help="Hub repository for --push-to-hub.")
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps (smoke runs).")
 @_train_setting("--seed", "seed", "Seed for splits and training.", int)
+@_train_setting(
+    "--merge-tokens",
+    "merge_tokens",
+    "Train with token merging on: R token pairs merged in every encoder layer (0: off); export "
+    "then writes merged twins at this R by default.",
+    int,
+)
 def train(config_file: Path | None, recipe: str | None, **values: Any) -> None:
     """Fine-tune a ViT classifier (the HF cookbook recipe by default).
 
@@ -236,6 +243,14 @@ class _ExportCommand(click.Command):
     help="Temperature scaling fitted on the validation images (NLL): probabilities that mean what "
     "they say. The policy goes into every variant's metadata.",
 )
+@click.option(
+    "--merge-tokens",
+    metavar="R|auto|r0,r1,...",
+    help="Also write token-merged twins of every variant (model.tome8.onnx, model.int8.tome8.onnx ...): "
+    "R token pairs merged in every encoder layer, one count per layer, or auto (the largest R whose "
+    "twin passes the int8 guard on the labelled validation images). Validated against the unmerged "
+    "model. 0: none. [default: what the run was trained with (train --merge-tokens), else none]",
+)
 def export(**values: Any) -> None:
     """Export RUN_DIR to ONNX and validate every variant against PyTorch on real images.
 
@@ -256,6 +271,11 @@ def export(**values: Any) -> None:
             f"{record.file:<20} {record.status:<7} {record.size_bytes / 1e6:8.2f} MB  "
             f"max|Δlogit| {check.max_abs_logit_diff:.2e}  agreement {check.top1_agreement:.2%}"
         )
+    if result.manifest.token_merging is not None:
+        from medvit_edge.export.merged import describe
+
+        for line in describe(result.manifest.token_merging):
+            click.echo(line)
     if result.manifest.decision_policy is not None:
         for name, text in result.manifest.decision_policy.describe():
             click.echo(f"{name}: {text}")
