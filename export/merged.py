@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 MERGE_OPSET = 17  # the default: ScatterElements' reduction needs 16; raw-input twins need 18
 AUTO_CANDIDATES = (1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 20, 24, 32)
 TRIAL_RUNS = 10
+# onnxruntime's CPU ScatterElements cannot add in float16; the sizes' log stays exact too
+MERGE_KEEP_FLOAT32 = ("ScatterElements", "Log")
 
 
 def merge_opset(exporter: Exporter) -> int:
@@ -81,7 +83,7 @@ def build_merged(exporter: Exporter, variant: Variant) -> VariantRecord:
             exporter.model, exporter.merge_plan.request, target, exporter.spec.size, merge_opset(exporter)
         )
     elif kind == "fp16":
-        onnx_to_fp16(source, target)
+        onnx_to_fp16(source, target, MERGE_KEEP_FLOAT32)
     elif kind in ("int8-dynamic", "int8-static"):
         return guarded_int8(exporter, variant, source=source)
     elif kind == "openvino-fp32":
