@@ -82,7 +82,8 @@ def onnx_to_fp16(source: Path, target: Path, keep_float32: Sequence[str] = ()) -
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = onnx.load(str(source))
-    half = OnnxModel(convert_float_to_float16(model, keep_io_types=True, op_block_list=[*FP16_KEEP_FLOAT32, *keep_float32]))
+    keep = [*FP16_KEEP_FLOAT32, *keep_float32]
+    half = OnnxModel(convert_float_to_float16(model, keep_io_types=True, op_block_list=keep))
     half.topological_sort()  # the converter appends its Casts last; the ONNX checker wants order
     onnx.save(half.model, str(target))
     return target
