@@ -318,3 +318,42 @@ def test_overlays_refuse_a_merged_model(merged_export: Path, phantom_dir: Path, 
     with pytest.raises(UserError, match="token-merged"):
         check_same_model(Explaining(), merged)  # type: ignore[arg-type]
     check_same_model(Explaining(), Explaining.classifier)  # type: ignore[arg-type]
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+@needs_export
+def test_train_with_merging_records_it_and_export_defaults_to_it(phantom_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForImageClassification
+
+    from medvit_edge.export.config import ExportConfig
+    from medvit_edge.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    cfg = TrainConfig.from_recipe(
+        "from-scratch",
+        model="tiny",
+        data=str(phantom_dir / "split.csv"),
+        output=run,
+        epochs=1,
+        max_steps=2,
+        merge_tokens=8,
+        progress=False,
+    )
+    train(cfg)
+    assert json.loads((run / "train_config.json").read_text())["merge_tokens"] == 8
+    model = AutoModelForImageClassification.from_pretrained(run, use_safetensors=True)
+    assert type(model.vit.encoder).__name__ == "ViTEncoder"  # a plain ViT was saved
+    assert ExportConfig(run_dir=run).merge_tokens == "8" and ExportConfig(run_dir=run).merging
+    assert not ExportConfig(run_dir=run, merge_tokens="0").merging
+    assert "fp32-tome" in ExportConfig(run_dir=run, int8=True).requested_variants()
+
+
+def test_merging_and_gradient_checkpointing_are_refused_together() -> None:
+    from medvit_edge.train.config import TrainConfig
+
+    with pytest.raises(UserError, match="--merge-tokens and --gradient-checkpointing"):
+        TrainConfig(merge_tokens=8, gradient_checkpointing=True)
+    with pytest.raises(UserError, match="merge_tokens"):
+        TrainConfig(merge_tokens=-1)
