@@ -51,6 +51,21 @@ def merge_opset(exporter: Exporter) -> int:
     return cfg.opset or (RAW_INPUT_MIN_OPSET if cfg.raw_input else MERGE_OPSET)
 
 
+def check_merging(exporter: Exporter) -> None:
+    """Before any variant is built: a schedule must fit the model's layers, and auto needs labels."""
+    requested = exporter.cfg.merge_tokens
+    if not exporter.cfg.merging or requested is None:
+        return
+    if requested == AUTO and exporter.validation.label_ids is None:
+        raise UserError(
+            f"--merge-tokens auto needs labelled validation images (the guard checks accuracy and "
+            f"recall); {exporter.validation.source} has none: pass --data or a fixed --merge-tokens R"
+        )
+    if requested != AUTO:
+        layers = exporter.model.config.num_hidden_layers
+        MergePlan.make(MergeRequest.parse(requested), patch_count(exporter.model), layers)
+
+
 def resolve_merging(exporter: Exporter) -> MergePlan | None:
     """The schedule of the merged twins (searched once for ``auto``); None when auto found
     nothing that passes the guard. Sets ``exporter.merge_plan`` and ``exporter.merge_report``."""
@@ -97,11 +112,7 @@ def build_merged(exporter: Exporter, variant: Variant) -> VariantRecord:
 
 def search(exporter: Exporter, patches: int, layers: int) -> tuple[MergePlan | None, MergeReport]:
     """Uniform r in ``AUTO_CANDIDATES`` (distinct schedules only), ascending, until one fails."""
-    if exporter.validation.label_ids is None:
-        raise UserError(
-            f"--merge-tokens auto needs labelled validation images (the guard checks accuracy and "
-            f"recall); {exporter.validation.source} has none: pass --data or a fixed --merge-tokens R"
-        )
+    check_merging(exporter)  # labelled images
     unmerged_ms = _latency_ms(exporter.fp32_path, exporter.validation.pixels)
     trials: list[MergeTrial] = []
     best: MergePlan | None = None

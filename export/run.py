@@ -35,7 +35,7 @@ from .config import ExportConfig
 from .explain import add_attention_outputs
 from .golden import write_golden
 from .int8 import guarded_int8
-from .merged import build_merged, resolve_merging
+from .merged import build_merged, check_merging, resolve_merging
 from .openvino import build_openvino_fp32, openvino_int8_builder, write_ir_metadata
 from .policy import export_policy
 from .raw import add_raw_input, check_spec
@@ -115,6 +115,7 @@ class Exporter:
         self.model = model  # the unmerged reference, for token-merged twins (export/merged.py)
         self.merge_plan: MergePlan | None = None
         self.merge_report: MergeReport | None = None
+        check_merging(self)  # a bad schedule fails before any variant is built
 
     def build(self, variant: Variant) -> VariantRecord:
         if variant.merged:

@@ -195,7 +195,9 @@ def _encoder_forward(self: Any, hidden_states: Any, head_mask: Any = None, *args
         source = eye.expand(x.shape[0], -1, -1)
     for layer, r in zip(self.layer, self.merge_plan.schedule):
         x, size, source = merged_layer(layer, x, size, source, r)
-    self.last_size, self.last_source = size, source
+    # kept for inspection (tests, source maps), detached: training must not hold their graphs
+    self.last_size = size.detach() if size is not None else None
+    self.last_source = source.detach() if source is not None else None
     return BaseModelOutput(last_hidden_state=x)
 
 
