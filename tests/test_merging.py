@@ -297,9 +297,10 @@ def test_auto_needs_labelled_images(tiny_run: Path, tmp_path: Path) -> None:
     from medvit_edge.export import ExportConfig, export
 
     folder = tmp_path / "unlabelled"
-    (folder / "unsorted").mkdir(parents=True)  # a folder name that is no label of the model
-    for index in range(3):
-        Image.new("RGB", (80, 80), (index * 40, 0, 0)).save(folder / "unsorted" / f"{index}.png")
+    for name in ("first", "second"):  # class folders named after no label of the model
+        (folder / name).mkdir(parents=True)
+        for index in range(2):
+            Image.new("RGB", (80, 80), (index * 40, 0, 0)).save(folder / name / f"{index}.png")
     with pytest.raises(UserError, match="--merge-tokens auto needs labelled validation images"):
         export(ExportConfig(run_dir=tiny_run, output=tmp_path / "onnx", data=folder, merge_tokens="auto"))
 

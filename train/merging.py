@@ -217,11 +217,12 @@ def proportional_attention(module: Any, x: Any, size: Any) -> tuple[Any, Any]:
     averaged over heads (the similarity metric)."""
     import torch
 
-    n, t, _ = x.shape
+    # token counts as Python ints: the exported graph gets constants, not Shape arithmetic
+    t = int(x.shape[1])
     heads, width = module.num_attention_heads, module.attention_head_size
 
     def split(linear: Any) -> Any:
-        return linear(x).view(n, t, heads, width).transpose(1, 2)
+        return linear(x).view(-1, t, heads, width).transpose(1, 2)
 
     query, key, value = split(module.query), split(module.key), split(module.value)
     scores = torch.matmul(query, key.transpose(-1, -2)) * module.scaling
@@ -229,7 +230,7 @@ def proportional_attention(module: Any, x: Any, size: Any) -> tuple[Any, Any]:
         scores = scores + size.log()[:, None, None, :, 0]
     probs = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     probs = torch.nn.functional.dropout(probs, p=module.dropout_prob, training=module.training)
-    context = torch.matmul(probs, value).transpose(1, 2).reshape(n, t, heads * width)
+    context = torch.matmul(probs, value).transpose(1, 2).reshape(-1, t, heads * width)
     return context, key.mean(dim=1)
 
 
@@ -239,9 +240,8 @@ def merge_tokens(x: Any, metric: Any, size: Any, source: Any, r: int) -> tuple[A
     and (when traced) their sources."""
     import torch
 
-    n, t, _ = x.shape
     if size is None:
-        size = torch.ones(n, t, 1, dtype=x.dtype, device=x.device)
+        size = torch.ones_like(x[..., :1])
     metric = metric / metric.norm(dim=-1, keepdim=True)
     # A: tokens 2, 4, ... (the class token, 0, is never a candidate); B: tokens 1, 3, ...
     scores = torch.matmul(metric[:, 2::2], metric[:, 1::2].transpose(-1, -2))
@@ -252,7 +252,7 @@ def merge_tokens(x: Any, metric: Any, size: Any, source: Any, r: int) -> tuple[A
 
     def merge(values: Any) -> Any:
         a, b = values[:, 2::2], values[:, 1::2]
-        width = values.shape[-1]
+        width = int(values.shape[-1])
         kept = a.gather(1, unm_idx[..., None].expand(-1, -1, width))
         moved = a.gather(1, src_idx[..., None].expand(-1, -1, width))
         b = b.scatter_reduce(1, dst_idx[..., None].expand(-1, -1, width), moved, reduce="sum")
