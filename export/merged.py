@@ -9,8 +9,11 @@ computation, so even the fp32 twin cannot keep fp32's 1e-4 logits.
 
 ``auto`` tries uniform schedules r = 1, 2, 3, 4, 6, 8 ... in turn (each one's fp32 merged graph,
 run by onnxruntime: agreement, accuracy, recall, batch-1 latency) and keeps the largest r before
-the first that fails the guard; larger r only merges more, so the search stops there. It needs
-labelled validation images (the guard's accuracy and recall). The search goes into the manifest.
+the first that fails the guard; larger r only merges more, so the search stops there. Then one
+schedule that merges more in the later layers (the last passing r in the first half of the
+layers, the failing r in the second half) is tried, and kept when it passes (it merges more
+tokens). It needs labelled validation images (the guard's accuracy and recall). The search goes
+into the manifest.
 """
 
 from __future__ import annotations
@@ -111,30 +114,30 @@ def build_merged(exporter: Exporter, variant: Variant) -> VariantRecord:
 
 
 def search(exporter: Exporter, patches: int, layers: int) -> tuple[MergePlan | None, MergeReport]:
-    """Uniform r in ``AUTO_CANDIDATES`` (distinct schedules only), ascending, until one fails."""
+    """Uniform r in ``AUTO_CANDIDATES`` (distinct schedules only), ascending, until one fails;
+    then one schedule between the last that passed and the first that failed (the later half of
+    the layers at the failed r), kept when it passes: it merges more tokens."""
     check_merging(exporter)  # labelled images
     unmerged_ms = _latency_ms(exporter.fp32_path, exporter.validation.pixels)
     trials: list[MergeTrial] = []
     best: MergePlan | None = None
+    failed: int | None = None
     seen: set[tuple[int, ...]] = set()
     for r in AUTO_CANDIDATES:
         plan = MergePlan.make(MergeRequest(r), patches, layers)
         if plan.schedule in seen or r > patches // 2:
             continue
         seen.add(plan.schedule)
-        trial = run_trial(exporter, plan)
-        trials.append(trial)
-        logger.info(
-            "  auto r %d: agreement %.2f%%, %.1f ms (unmerged %.1f)%s",
-            r,
-            100 * trial.top1_agreement,
-            trial.latency_ms,
-            unmerged_ms,
-            "" if trial.passed else "; " + "; ".join(trial.failures),
-        )
-        if not trial.passed:
+        if not _try(exporter, plan, trials, unmerged_ms):
+            failed = r
             break
         best = plan
+    if best is not None and failed is not None and layers > 1:
+        half = layers // 2
+        later = MergeRequest.parse(",".join(map(str, [best.r] * half + [failed] * (layers - half))))
+        plan = MergePlan.make(later, patches, layers)
+        if plan.schedule not in seen and _try(exporter, plan, trials, unmerged_ms):
+            best = plan
     if best is None:
         logger.warning("--merge-tokens auto: no r passes the guard; no merged twins written")
     report = MergeReport(
@@ -146,6 +149,21 @@ def search(exporter: Exporter, patches: int, layers: int) -> tuple[MergePlan | N
         search=tuple(trials),
     )
     return best, report
+
+
+def _try(exporter: Exporter, plan: MergePlan, trials: list[MergeTrial], unmerged_ms: float) -> bool:
+    trial = run_trial(exporter, plan)
+    trials.append(trial)
+    logger.info(
+        "  auto %s %s: agreement %.2f%%, %.1f ms (unmerged %.1f)%s",
+        plan.tag,
+        list(plan.schedule),
+        100 * trial.top1_agreement,
+        trial.latency_ms,
+        unmerged_ms,
+        "" if trial.passed else "; " + "; ".join(trial.failures),
+    )
+    return trial.passed
 
 
 def run_trial(exporter: Exporter, plan: MergePlan) -> MergeTrial:
@@ -210,8 +228,9 @@ def describe(report: MergeReport) -> list[str]:
         accuracy = f"{trial.accuracy:.3f}" if trial.accuracy is not None else "n/a"
         recall = ", ".join(f"{k} recall {v:.3f}" for k, v in trial.recall.items())
         verdict = "passed" if trial.passed else "failed: " + "; ".join(trial.failures)
+        shown = f"r {trial.r:>2}" if len(set(trial.schedule)) <= 1 else f"schedule {list(trial.schedule)}"
         lines.append(
-            f"  r {trial.r:>2}: agreement {trial.top1_agreement:.2%}, accuracy {accuracy}"
+            f"  {shown}: agreement {trial.top1_agreement:.2%}, accuracy {accuracy}"
             f"{', ' + recall if recall else ''}, {trial.latency_ms:.1f} ms; {verdict}"
         )
     return lines
