@@ -368,3 +368,16 @@ def test_merging_and_gradient_checkpointing_are_refused_together() -> None:
         TrainConfig(merge_tokens=8, gradient_checkpointing=True)
     with pytest.raises(UserError, match="merge_tokens"):
         TrainConfig(merge_tokens=-1)
+
+
+def test_export_cli_refuses_a_bad_merge_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from medvit_edge import cli
+
+    result = CliRunner().invoke(cli.main, ["export", str(tmp_path), "--merge-tokens", "eight"])
+    assert result.exit_code == 2
+    assert "--merge-tokens: expected a whole number, 'auto'" in result.output
+    assert "Traceback" not in result.output
+    low = CliRunner().invoke(cli.main, ["export", str(tmp_path), "--merge-tokens", "8", "--opset", "15"])
+    assert low.exit_code == 2 and "needs opset 16" in low.output
