@@ -195,6 +195,7 @@ def run_trial(exporter: Exporter, plan: MergePlan) -> MergeTrial:
         latency_ms=round(_latency_ms(path, validation.pixels, session), 3),
         passed=check.passed,
         failures=check.failures,
+        requested=plan.request.to_text(),
     )
 
 
@@ -228,7 +229,7 @@ def describe(report: MergeReport) -> list[str]:
         accuracy = f"{trial.accuracy:.3f}" if trial.accuracy is not None else "n/a"
         recall = ", ".join(f"{k} recall {v:.3f}" for k, v in trial.recall.items())
         verdict = "passed" if trial.passed else "failed: " + "; ".join(trial.failures)
-        shown = f"r {trial.r:>2}" if len(set(trial.schedule)) <= 1 else f"schedule {list(trial.schedule)}"
+        shown = f"r {trial.r:>2}" if "," not in trial.requested else f"schedule {trial.requested}"
         lines.append(
             f"  {shown}: agreement {trial.top1_agreement:.2%}, accuracy {accuracy}"
             f"{', ' + recall if recall else ''}, {trial.latency_ms:.1f} ms; {verdict}"

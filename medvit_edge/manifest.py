@@ -135,6 +135,7 @@ class MergeTrial:
     latency_ms: float
     passed: bool
     failures: tuple[str, ...] = ()
+    requested: str = ""  # as --merge-tokens spells it: "8" (uniform) or "4,4,6,6" (a schedule)
 
 
 @dataclass(frozen=True)
