@@ -10,7 +10,7 @@ from medvit_edge.errors import UserError
 from medvit_edge.options import validate_literals
 from medvit_edge.runtime.int8_target import TARGETS, Int8Target, detect_target
 from medvit_edge.runtime.policy import check_refer_settings, parse_operating_point
-from medvit_edge.runtime.variants import VARIANTS, Tolerance
+from medvit_edge.runtime.variants import MERGE_TAG, VARIANTS, Tolerance
 
 from .openvino_config import OpenVinoInt8Config, check_installed
 
@@ -20,6 +20,7 @@ Int8Mode = Literal["dynamic", "static"]
 TargetChoice = Literal["portable", "auto", "avx2", "avx512_vnni", "arm64"]
 CalibrationMethod = Literal["minmax", "percentile", "entropy"]
 RAW_INPUT_MIN_OPSET = 18  # Resize's antialias attribute
+MERGE_MIN_OPSET = 16  # ScatterElements' reduction attribute (token merging)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,10 @@ class ExportConfig:
     # probability that refer_risk holds on new images (0: only on the validation images)
     refer_confidence: float = 0.9
     calibrate: bool = True  # temperature scaling (validation NLL)
+    # token-merged twins of every variant asked for (model.tome8.onnx ...): r tokens merged per
+    # layer, "r0,r1,..." one per layer, or "auto" (the largest r that passes the guard). None:
+    # what the run was trained with (train --merge-tokens), else no merging; "0": none.
+    merge_tokens: str | None = None
 
     def __post_init__(self) -> None:
         validate_literals(self)
@@ -128,6 +133,34 @@ class ExportConfig:
         for spec in self.operating_points:
             parse_operating_point(spec)  # a bad spelling fails before the model is loaded
         check_refer_settings(self.refer_risk, self.refer_confidence)
+        self._check_merging()
+
+    def _check_merging(self) -> None:
+        """The spelling of --merge-tokens (the layer count is checked once the model is loaded);
+        without it, the merging the run was trained with."""
+        from medvit_edge.train.merging import AUTO, MergeRequest, trained_merge_tokens
+
+        if self.merge_tokens is None:
+            self.merge_tokens = trained_merge_tokens(self.run_dir)
+        if self.merge_tokens is None:
+            return
+        self.merge_tokens = str(self.merge_tokens).strip()
+        if self.merge_tokens != AUTO:
+            self.merge_tokens = MergeRequest.parse(self.merge_tokens).to_text()
+        if self.merging and self.opset is not None and self.opset < MERGE_MIN_OPSET:
+            raise UserError(
+                f"--merge-tokens needs opset {MERGE_MIN_OPSET} or later (ScatterElements with "
+                f"reduction), got --opset {self.opset}"
+            )
+
+    @property
+    def merging(self) -> bool:
+        """Token-merged twins are asked for (a schedule that merges, or auto)."""
+        from medvit_edge.train.merging import AUTO, MergeRequest
+
+        if self.merge_tokens is None:
+            return False
+        return self.merge_tokens == AUTO or MergeRequest.parse(self.merge_tokens).active
 
     @property
     def int8_config(self) -> Int8Config:
@@ -137,6 +170,8 @@ class ExportConfig:
         """Rows of the variants table to build, in order (fp32 always: the others derive from it)."""
         names = ["fp32"] + (["fp16"] if self.fp16 else [])
         names += [f"int8-{self.int8_mode}"] if self.int8 else []
+        names += [f"{name}-{MERGE_TAG}" for name in names] if self.merging else []
         names += [f"{name}-raw" for name in names] if self.raw_input else []
-        names += ["openvino-fp32"] + (["openvino-int8"] if self.int8 else []) if self.openvino else []
+        openvino = ["openvino-fp32"] + (["openvino-int8"] if self.int8 else []) if self.openvino else []
+        names += openvino + ([f"{name}-{MERGE_TAG}" for name in openvino] if self.merging else [])
         return names + (["explain"] if self.explain else [])

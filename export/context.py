@@ -20,12 +20,13 @@ import numpy as np
 from medvit_edge.files import sha256_file
 from medvit_edge.runtime.classifier import Classifier
 from medvit_edge.runtime.freshness import weights_sha256
-from medvit_edge.runtime.manifest import Manifest, Validation, VariantRecord
+from medvit_edge.runtime.manifest import Manifest, MergeReport, Validation, VariantRecord
 from medvit_edge.runtime.metadata import ModelMetadata
 from medvit_edge.runtime.policy import DecisionPolicy
 from medvit_edge.runtime.preprocess import PreprocessSpec
 from medvit_edge.runtime.variants import VARIANTS, Variant
 from medvit_edge.system import software_versions
+from medvit_edge.train.merging import MergePlan
 
 from .card import Governance, read_governance
 from .config import ExportConfig
@@ -72,6 +73,11 @@ class ExportContext:
     golden_labels: list[str | None] = field(default_factory=list)
     golden_source: str = "phantom"  # or "validation": real images, only when asked for by number
     golden_expected: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # token-merged twins (export/merged.py): the unmerged PyTorch model they are traced from
+    # (kept only when merging is asked for), and the schedule once resolved
+    model: Any = None
+    merge_plan: MergePlan | None = None
+    merge_report: MergeReport | None = None
 
     @classmethod
     def prepare(cls, cfg: ExportConfig) -> ExportContext:
@@ -101,10 +107,14 @@ class ExportContext:
             governance=read_governance(cfg.run_dir, cfg.model_version),
             num_heads=model.config.num_attention_heads,
             hidden_size=model.config.hidden_size,
+            model=model if cfg.merging else None,
         )
 
     def path(self, variant: Variant) -> Path:
         assert self.cfg.output is not None
+        if variant.merged:
+            assert self.merge_plan is not None
+            return self.cfg.output / variant.file_for(self.merge_plan.tag)
         return self.cfg.output / variant.file_name
 
     @property
@@ -133,6 +143,7 @@ class ExportContext:
             input=variant.input,
             **self.governance.metadata_fields(),
             policy=self.policy,
+            token_merging=self.merge_plan.to_dict() if variant.merged and self.merge_plan else {},
         )
         (write_ir_metadata if path.suffix == ".xml" else write_metadata)(path, metadata)
         seconds = time.perf_counter() - started
@@ -194,4 +205,5 @@ class ExportContext:
             graph_fusions=self.fusions,
             variants=tuple(records),
             decision_policy=self.policy,
+            token_merging=self.merge_report,
         )

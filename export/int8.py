@@ -35,7 +35,7 @@ def guarded_int8(
     onnxruntime's quantizer for the variant; export/openvino.py passes NNCF's), from the ``source``
     graph (default model.onnx), whose layers are the ones ranked."""
     cfg, int8 = ctx.cfg, ctx.cfg.int8_config
-    build = build or _builder(ctx, variant, int8)
+    build = build or _builder(ctx, variant, int8, source or ctx.fp32_path)
     record = _attempt(ctx, variant, build, ())
     if record.status == "passed" or not cfg.int8_guard_search:
         return record
@@ -73,13 +73,23 @@ def _attempt(ctx: ExportContext, variant: Variant, build: Build, excluded: tuple
     return ctx.finish(variant, started, quantization)
 
 
-def _builder(ctx: ExportContext, variant: Variant, int8: Int8Config) -> Build:
-    source, target = ctx.fp32_path, ctx.path(variant)
-    if variant.name == "int8-dynamic":
+def _builder(ctx: ExportContext, variant: Variant, int8: Int8Config, source: Path) -> Build:
+    target = ctx.path(variant)
+    if variant.name.startswith("int8-dynamic"):  # and its token-merged twin
         return lambda exclude: onnx_to_int8_dynamic(source, target, int8, exclude)
     calibration = calibration_pixels(ctx)
     method = ctx.cfg.calibration_method
     return lambda exclude: onnx_to_int8_static(source, target, int8, calibration, method, exclude)
+
+
+def openvino_build(ctx: ExportContext, variant: Variant, source: Path) -> Build:
+    """NNCF's attempt for the guard: the ONNX graph ``source`` (the unfused fp32 one, or a
+    token-merged twin's) as an int8 IR, the given layers kept in float."""
+    from .openvino import openvino_to_int8
+
+    calibration = calibration_pixels(ctx)
+    settings, target = ctx.cfg.openvino_int8, ctx.path(variant)
+    return lambda exclude: openvino_to_int8(source, target, settings, calibration, exclude)
 
 
 def calibration_pixels(ctx: ExportContext) -> np.ndarray:

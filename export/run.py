@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,9 @@ from .config import ExportConfig
 from .context import ExportContext
 from .explain import add_attention_outputs
 from .golden import choose_golden_frames, expected, write_golden
-from .int8 import calibration_pixels, guarded_int8
-from .openvino import onnx_to_openvino, openvino_to_int8
+from .int8 import guarded_int8, openvino_build
+from .merged import build_merged, check_merging, resolve_merging
+from .openvino import onnx_to_openvino
 from .raw import add_raw_input
 from .run_folder import model_files, remove_unvalidated
 from .variants import fix_input_shape, hf_to_onnx, onnx_to_fp16, optimize_onnx
@@ -73,12 +75,15 @@ def export(cfg: ExportConfig) -> ExportResult:
 
 def _export(cfg: ExportConfig) -> ExportResult:
     ctx = ExportContext.prepare(cfg)
+    check_merging(ctx)  # a bad schedule fails before any variant is built
     pytorch_metrics = _model_quality(ctx)
     choose_golden_frames(ctx)
     exporter = Exporter(ctx)
     with tempfile.TemporaryDirectory() as scratch:
         ctx.scratch = Path(scratch)
-        records = [exporter.build(VARIANTS[name]) for name in cfg.requested_variants()]
+        variants = [VARIANTS[name] for name in cfg.requested_variants()]
+        # merged twins only once their schedule is known (auto may find none that passes)
+        records = [exporter.build(v) for v in variants if not v.merged or resolve_merging(ctx)]
     assert cfg.output is not None
     records, recommended = recommend(cfg.output, records)  # the fastest eligible, as timed above
     manifest = replace(ctx.manifest(records), recommended=recommended)
@@ -112,7 +117,11 @@ class Exporter:
         self.ctx = ctx
 
     def build(self, variant: Variant) -> VariantRecord:
-        method: Callable[[Variant], VariantRecord] = getattr(self, variant.name.replace("-", "_"))
+        method: Callable[[Variant], VariantRecord]
+        if variant.merged:  # token-merged twins (export/merged.py); their raw twins as any other
+            method = self.raw_twin if variant.base else partial(build_merged, self.ctx)
+        else:
+            method = getattr(self, variant.name.replace("-", "_"))
         logger.info("exporting %s -> %s", variant.name, self.ctx.path(variant))
         record = method(variant)
         classifier = self.ctx.loaded.pop(variant.name)  # the file as validated: one load for all
@@ -173,13 +182,8 @@ class Exporter:
     def openvino_int8(self, variant: Variant) -> VariantRecord:
         """NNCF post-training int8 of the IR, under the int8 guard (NNCF's ignored scope)."""
         ctx = self.ctx
-        calibration = calibration_pixels(ctx)
-        settings, source, target = ctx.cfg.openvino_int8, ctx.unfused_path, ctx.path(variant)
-
-        def build(exclude: tuple[str, ...]) -> dict[str, object]:
-            return openvino_to_int8(source, target, settings, calibration, exclude)
-
         # ranked on the graph NNCF quantizes (the unfused one with --optimize): same layer names
+        build = openvino_build(ctx, variant, ctx.unfused_path)
         return guarded_int8(ctx, variant, build, ctx.unfused_path)
 
     def raw_twin(self, variant: Variant) -> VariantRecord:

@@ -79,15 +79,16 @@ def optimize_onnx(path: Path, num_heads: int, hidden_size: int) -> dict[str, int
     return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
 
 
-def onnx_to_fp16(source: Path, target: Path) -> Path:
+def onnx_to_fp16(source: Path, target: Path, keep_float32: Sequence[str] = ()) -> Path:
     """Half-precision weights and math, float32 inputs/outputs and overflow-prone ops, so the
-    file runs on the CPU provider as well as CUDA."""
+    file runs on the CPU provider as well as CUDA; ``keep_float32``: more op types kept."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = onnx.load(str(source))
-    half = OnnxModel(convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FLOAT32))
+    keep = [*FP16_KEEP_FLOAT32, *keep_float32]
+    half = OnnxModel(convert_float_to_float16(model, keep_io_types=True, op_block_list=keep))
     half.topological_sort()  # the converter appends its Casts last; the ONNX checker wants order
     onnx.save(half.model, str(target))
     return target

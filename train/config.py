@@ -119,6 +119,9 @@ class TrainConfig:
     duplicate_hash_distance: int = 45  # 16x16 dHash Hamming distance for near-duplicates
     max_samples_per_split: int | None = None  # cap for quick runs; None uses every image
     progress: bool = True
+    # token merging during training (medvit_edge.train.merging): r token pairs merged in every
+    # encoder layer; the saved weights are a plain ViT, and export merges at this r by default
+    merge_tokens: int = 0
     license: str = (
         "other"  # the trained model's licence, for its model card (base model and data licences apply)
     )
@@ -143,6 +146,11 @@ class TrainConfig:
             raise UserError("label_smoothing and drop_path must be in [0, 1)")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
             raise UserError("mixup_alpha and cutmix_alpha must be >= 0 (0 turns them off)")
+        merge = self.merge_tokens
+        if isinstance(merge, bool) or not isinstance(merge, int) or merge < 0:
+            raise UserError(f"merge_tokens must be a whole number, 0 or more, got {self.merge_tokens!r}")
+        if self.merge_tokens and self.gradient_checkpointing:
+            raise UserError("--merge-tokens and --gradient-checkpointing cannot be combined")
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, **overrides: Any) -> TrainConfig:

@@ -111,6 +111,11 @@ def _train(cfg: TrainConfig, args: Any, main: bool) -> TrainResult:
     for split, per_class in counts.items():
         logger.info("  %-10s %s", split, "  ".join(f"{k}={v}" for k, v in per_class.items()))
     model, spec = load_model(cfg.model, bundle.labels, cfg.attn_implementation)
+    if cfg.merge_tokens:
+        from .merging import MergeRequest, patch_model
+
+        plan = patch_model(model, MergeRequest(cfg.merge_tokens))  # weights untouched: saves a plain ViT
+        logger.info("token merging: r %s per layer, tokens %s", list(plan.schedule), plan.tokens)
     parameters = sum(p.numel() for p in model.parameters())
     batch = effective_batch(args)
     source = "as given" if "learning_rate" in cfg.given else f"{cfg.recipe} recipe"

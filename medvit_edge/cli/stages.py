@@ -116,6 +116,13 @@ def _train_setting(flag: str, field: str, help_text: str, kind: Any = str) -> An
 @click.option("--hub-model-id", help="Hub repository for --push-to-hub.")
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps (smoke runs).")
 @_train_setting("--seed", "seed", "Seed for splits and training.", int)
+@_train_setting(
+    "--merge-tokens",
+    "merge_tokens",
+    "Train with token merging on: R token pairs merged in every encoder layer (0: off); export "
+    "then writes merged twins at this R by default.",
+    int,
+)
 def train(config_file: Path | None, recipe: str | None, **values: Any) -> None:
     """Fine-tune a ViT classifier (the HF cookbook recipe by default; --model tiny|small train
     from random init with the from-scratch recipe: lr 1e-3, batch 32, warm-up 5%).
@@ -267,6 +274,14 @@ def _config_choice(flag: str, field: str, alias: Any, help_text: str) -> Any:
     help="Temperature scaling fitted on the validation images (NLL): probabilities that mean what "
     "they say. The policy goes into every variant's metadata.",
 )
+@click.option(
+    "--merge-tokens",
+    metavar="R|auto|r0,r1,...",
+    help="Also write token-merged twins of every variant (model.tome8.onnx, model.int8.tome8.onnx ...): "
+    "R token pairs merged in every encoder layer, one count per layer, or auto (the largest R whose "
+    "twin passes the int8 guard on the labelled validation images). Validated against the unmerged "
+    "model. 0: none. [default: what the run was trained with (train --merge-tokens), else none]",
+)
 def export(**values: Any) -> None:
     """Export RUN_DIR to ONNX and validate every variant against PyTorch on real images.
 
@@ -282,6 +297,10 @@ def export(**values: Any) -> None:
         raise UserError("--refer-confidence goes with --refer-risk (it certifies the refer rule's risk)")
     result = run_export(ExportConfig(**values))
     click.echo("\n".join(export_table(result.manifest)))
+    if result.manifest.token_merging is not None:
+        from medvit_edge.export.merged import describe
+
+        click.echo("\n".join(describe(result.manifest.token_merging)))
     if result.manifest.decision_policy is not None:
         for name, text in result.manifest.decision_policy.describe():
             click.echo(f"{name}: {text}")

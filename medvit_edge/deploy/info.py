@@ -130,6 +130,7 @@ def _metadata_fields(props: dict[str, str], path: Path) -> dict[str, Any]:
         "preprocess": metadata.preprocess.to_dict(),
         "quantization": quantization or None,
         "decision_policy": metadata.policy.to_dict(),  # temperature, operating points, refer rule
+        "token_merging": metadata.token_merging or None,  # {"r": ..., "schedule": [...]}
         **{key: getattr(metadata, key) or None for key in GOVERNANCE_KEYS},
         "source_sha256": metadata.source_sha256 or None,
         "created": metadata.created or None,
@@ -314,6 +315,9 @@ def _described(info: dict[str, Any]) -> list[tuple[str, str]]:
         text = f"{quantization.get('mode')}, target {quantization.get('target')} ({described})"
         rows.append(("quantization", text))
         rows.append(("on this CPU", quantization["on_this_cpu"]))
+    merging = info.get("token_merging")
+    if merging:
+        rows.append(("token merging", f"r {merging['r']}, merged per layer {merging['schedule']}"))
     if info.get("decision_policy") is not None:  # how probabilities become decisions
         rows += DecisionPolicy.from_dict(info["decision_policy"], info["file"]).describe()
     rows += [

@@ -193,8 +193,14 @@ def prepare_overlays(
 
 
 def check_same_model(explainer: Explainer, classifier: Classifier) -> None:
-    """The heat map must come from the weights that made the label."""
+    """The heat map must come from the weights that made the label, computed the same way."""
     mine, theirs = explainer.classifier.metadata, classifier.metadata
+    if theirs.token_merging:  # merged tokens: the unmerged attention is not what this model saw
+        raise UserError(
+            f"--overlays: {printable(classifier.path)} is token-merged "
+            f"(r {theirs.token_merging.get('r')}); heat maps come from the unmerged model and would "
+            "not show where it looked: run the unmerged model (model.onnx) for overlays"
+        )
     same = mine.labels == theirs.labels and mine.preprocess == theirs.preprocess
     if not same or mine.source_sha256 != theirs.source_sha256:  # both empty: neither says
         raise UserError(

@@ -128,6 +128,34 @@ class GoldenRecord:
 
 
 @dataclass(frozen=True)
+class MergeTrial:
+    """One token-merging schedule ``export --merge-tokens auto`` tried: its fp32 merged graph
+    against the unmerged PyTorch model on the validation images, and its batch-1 latency."""
+
+    r: int
+    schedule: tuple[int, ...]
+    top1_agreement: float
+    accuracy: float | None
+    recall: dict[str, float]  # the guarded classes
+    latency_ms: float
+    passed: bool
+    failures: tuple[str, ...] = ()
+    requested: str = ""  # as --merge-tokens spells it: "8" (uniform) or "4,4,6,6" (a schedule)
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """The token merging of the merged twins (export --merge-tokens), and the search behind it."""
+
+    requested: str  # "8", "4,4,8,8" or "auto"
+    r: int | None  # None: auto found no schedule that passes (no merged twins written)
+    schedule: tuple[int, ...]  # tokens merged in each encoder layer
+    tokens: tuple[int, ...]  # tokens entering each layer, then leaving the last
+    unmerged_latency_ms: float | None = None  # the unmerged fp32 graph, timed like the trials
+    search: tuple[MergeTrial, ...] = ()
+
+
+@dataclass(frozen=True)
 class Manifest:
     source: str
     source_sha256: str
@@ -143,6 +171,7 @@ class Manifest:
     recommended: Recommendation | None = None  # absent before export measured latency
     # the policy stamped into every variant (medvit_edge.runtime.policy); absent in older manifests
     decision_policy: DecisionPolicy | None = None
+    token_merging: MergeReport | None = None  # export --merge-tokens; absent otherwise
 
     def entry(self, file_name: str) -> VariantRecord | None:
         return next((v for v in self.variants if v.file == file_name), None)

@@ -24,6 +24,9 @@ A C++/C# integrator reads the same keys through onnxruntime's ``ModelMetadata``.
 | ``license``               | the weights' licence (model card)                            |
 | ``decision_policy``       | JSON ``DecisionPolicy``: temperature, operating points,      |
 |                           | refer rule (medvit_edge.runtime.policy); absent: T 1, argmax       |
+| ``token_merging``         | JSON ``{"r": int, "schedule": [int per layer]}``: tokens     |
+|                           | merged in each encoder layer (token-merged twins only;       |
+|                           | export --merge-tokens); absent: no merging                   |
 
 The last six (governance) are plain text; files exported before them lack them (read as "").
 """
@@ -53,6 +56,7 @@ PIXEL_VALUES_INPUT: InputKind = "pixel-values-nchw"
 RAW_INPUT: InputKind = "raw-uint8-nhwc"
 GOVERNANCE_KEYS = ("model_name", "model_version", "intended_use", "contraindications", "notice", "license")
 POLICY_KEY = "decision_policy"
+MERGE_KEY = "token_merging"
 RESEARCH_NOTICE = "Research use only. Not a medical device; not for diagnosis."
 
 
@@ -79,6 +83,8 @@ class ModelMetadata:
     license: str = ""
     # how probabilities become decisions: the same in every variant of an export
     policy: DecisionPolicy = field(default_factory=DecisionPolicy)
+    # token merging in the graph ({"r": ..., "schedule": [...]}), empty for an unmerged file
+    token_merging: dict[str, Any] = field(default_factory=dict)
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -95,6 +101,8 @@ class ModelMetadata:
             props["quantization"] = json.dumps(self.quantization, sort_keys=True)
         props.update({key: getattr(self, key) for key in GOVERNANCE_KEYS if getattr(self, key)})
         props[POLICY_KEY] = self.policy.to_json()
+        if self.token_merging:
+            props[MERGE_KEY] = json.dumps(self.token_merging, sort_keys=True)
         return props
 
     @classmethod
@@ -122,6 +130,7 @@ class ModelMetadata:
             input=_input_kind(props.get("input", PIXEL_VALUES_INPUT), source),
             **{key: props.get(key, "") for key in GOVERNANCE_KEYS},
             policy=_policy(props, labels, source),
+            token_merging=_token_merging(props, source),
         )
 
 
@@ -159,6 +168,34 @@ def _policy(props: dict[str, str], labels: list[str], source: str) -> DecisionPo
                 f"{point.positive!r}, which is not a label of this model ({', '.join(labels)})"
             )
     return policy
+
+
+def _token_merging(props: dict[str, str], source: str) -> dict[str, Any]:
+    """``{"r": whole number, "schedule": [whole numbers]}``, strictly; absent: {} (no merging)."""
+    if MERGE_KEY not in props:
+        return {}
+    text = props[MERGE_KEY]
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise MetadataError(f"{source}: metadata '{MERGE_KEY}' is not valid JSON ({exc})") from exc
+
+    def whole(item: Any) -> bool:
+        return isinstance(item, int) and not isinstance(item, bool) and item >= 0
+
+    schedule = value.get("schedule") if isinstance(value, dict) else None
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"r", "schedule"}
+        or not whole(value["r"])
+        or not isinstance(schedule, list)
+        or not all(whole(item) for item in schedule)
+    ):
+        raise MetadataError(
+            f"{source}: metadata '{MERGE_KEY}' must be a JSON object "
+            '{"r": whole number, "schedule": [whole numbers, one per layer]}'
+        )
+    return value
 
 
 def _input_kind(value: str, source: str) -> InputKind:

@@ -66,16 +66,17 @@ def export_latency_scope(size: int | None = None) -> str:
 
 
 def eligible(record: VariantRecord) -> bool:
-    """Passed and measured; a lower-precision variant only when its accuracy guard ran (labelled
-    validation images) and passed; raw-input twins and rows the table marks not deployable
-    (explain) never (see the module's note)."""
+    """Passed and measured; a lower-precision or token-merged variant only when its accuracy
+    guard ran (labelled validation images) and passed; raw-input twins and rows the table marks
+    not deployable (explain) never (see the module's note)."""
     row = variant_named(record.variant)
     if record.status != "passed" or record.latency_ms is None or row is None:
         return False
     if row.input != PIXEL_VALUES_INPUT or not row.deployable:  # raw twins; tools such as explain
         return False
+    # guarded: lower precision or token merging (fp32 twins included), judged on accuracy
     guarded = "max_accuracy_drop" in record.validation.tolerance
-    return row.precision == "fp32" or not guarded or record.validation.accuracy is not None
+    return not guarded or record.validation.accuracy is not None
 
 
 def recommend(

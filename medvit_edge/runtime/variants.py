@@ -27,6 +27,16 @@ VariantName = Literal[
     "explain",
     "openvino-fp32",
     "openvino-int8",
+    "fp32-tome",
+    "fp16-tome",
+    "int8-dynamic-tome",
+    "int8-static-tome",
+    "fp32-tome-raw",
+    "fp16-tome-raw",
+    "int8-dynamic-tome-raw",
+    "int8-static-tome-raw",
+    "openvino-fp32-tome",
+    "openvino-int8-tome",
 ]
 
 
@@ -60,6 +70,17 @@ class Variant:
     base: str | None = None
     # False: a tool, not a deployment (explain): never the file `infer RUN_DIR` picks or recommends.
     deployable: bool = True
+    # Token-merged twins (export --merge-tokens): the unmerged row they twin; their file names
+    # carry the merge schedule's tag in place of ``tome`` (``model.tome.onnx`` -> ``model.tome8.onnx``).
+    unmerged: str | None = None
+
+    @property
+    def merged(self) -> bool:
+        return self.unmerged is not None
+
+    def file_for(self, tag: str) -> str:
+        """The file name with a merge tag (``tome8``) in place of ``tome``; unmerged rows as is."""
+        return self.file_name.replace(f".{MERGE_TAG}.", f".{tag}.") if self.merged else self.file_name
 
     @property
     def check_tolerance(self) -> float:
@@ -119,6 +140,7 @@ def _raw_twin(base: Variant, tolerance: Tolerance) -> Variant:
         base.batch_independent,
         input=RAW_INPUT,
         base=base.name,
+        unmerged=f"{base.unmerged}-raw" if base.unmerged else None,
     )
 
 
@@ -156,6 +178,37 @@ VARIANTS.update(
         "openvino-int8": Variant(
             "openvino-int8", "model.openvino-int8.xml", "int8", "CPU (OpenVINO)", INT8_TOLERANCE
         ),
+    }
+)
+# export --merge-tokens: token-merged twins (medvit_edge.train.merging; the merging is in the
+# graph). Judged against the *unmerged* PyTorch model: merging changes the computation, so every
+# twin, fp32 included, must keep the int8 guard's label agreement, accuracy and recall.
+MERGE_TAG = "tome"
+
+
+def _merged_twin(base: Variant) -> Variant:
+    stem, suffix = base.file_name.rsplit(".", 1)
+    return Variant(
+        f"{base.name}-{MERGE_TAG}",  # type: ignore[arg-type]
+        f"{stem}.{MERGE_TAG}.{suffix}",
+        base.precision,
+        base.runs_on,
+        INT8_TOLERANCE,
+        base.batch_independent,
+        unmerged=base.name,
+    )
+
+
+VARIANTS.update(
+    {
+        f"{name}-{MERGE_TAG}": _merged_twin(VARIANTS[name])
+        for name in ("fp32", "fp16", "int8-dynamic", "int8-static", "openvino-fp32", "openvino-int8")
+    }
+)
+VARIANTS.update(
+    {
+        f"{name}-{MERGE_TAG}-raw": _raw_twin(VARIANTS[f"{name}-{MERGE_TAG}"], INT8_TOLERANCE)
+        for name in ("fp32", "fp16", "int8-dynamic", "int8-static")
     }
 )
 assert set(VARIANTS) == set(get_args(VariantName))
