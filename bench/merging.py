@@ -14,11 +14,15 @@ accuracy and malignant recall, and whether it passes the guard (>= 98% agreement
 accuracy and <= 3 points malignant recall lost).
 
     python -m bench.merging [--models base large] [--r 0 4 8 12 16] [--rounds 7] [--threads 2]
-                            [--run models/busi-224] [--no-write]
+                            [--run models/busi-224 ...] [--no-write]
+
+``--models`` with no size skips the speed side; each part is saved in its own JSON
+(``merging-speed.json``, ``merging-accuracy-RUN.json``) and the section is rendered from all of
+them, so the parts can be measured at different times.
 
 Files are cached under models/bench-levers/vit-{size}/merging/ (and DIR/merging-bench/).
-Writes bench/results/merging.json, bench/results/merging.png and the BENCHMARKS.md section
-(``--no-write``: bench/results/merging-scratch.json and the section printed instead).
+Writes those JSONs, bench/results/merging.png and the BENCHMARKS.md section (``--no-write``:
+``merging-scratch-*`` files and the section printed instead).
 """
 
 from __future__ import annotations
@@ -329,7 +333,7 @@ def _score(
 # -- the run ----------------------------------------------------------------------------------------
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
     calibration = calibration_images(args.calibration_images)
     files = {size: speed(size, args.r, calibration) for size in args.models}
     runners = {
@@ -354,19 +358,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             row["x_nncf_documented"] = row["ms"] / peer
         tokens = {str(r): mean_tokens(size, r) for r in args.r}
         results["models"][size] = {"rows": rows, "mean_tokens": tokens}
-    if args.run:
-        results["accuracy"] = accuracy(args.run, args.r, args.split, args.calibration_images)
     return results
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = [
-        f"Machine: {results['machine']}. Batch 1, {results['threads']} threads, 224 px, random-init "
-        f"ViT-B/16 and ViT-L/16, {results['rounds']} interleaved rounds x 5 calls, medians "
-        "(`python -m bench.merging`). ×: latency over OpenVINO NNCF post-training int8 of the "
-        "unmerged model made the documented way, same run. r = 0 is the shipped unmerged graph.",
-        "",
-    ]
+    lines = []
+    if results["models"]:
+        lines += [
+            f"Machine: {results['machine']}. Batch 1, {results['threads']} threads, 224 px, random-init "
+            f"ViT-B/16 and ViT-L/16, {results['rounds']} interleaved rounds x 5 calls, medians "
+            "(`python -m bench.merging`). ×: latency over OpenVINO NNCF post-training int8 of the "
+            "unmerged model made the documented way, same run. r = 0 is the shipped unmerged graph.",
+            "",
+        ]
     for size, model in results["models"].items():
         rows = model["rows"]
         rs = sorted({int(k.split("|r")[1]) for k in rows if "|r" in k})
@@ -386,8 +390,8 @@ def render(results: dict[str, Any]) -> str:
                 )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    if "accuracy" in results:
-        lines += _accuracy_lines(results["accuracy"])
+    for acc in results.get("accuracy", []):
+        lines += _accuracy_lines(acc)
     return "\n".join(lines)
 
 
@@ -415,7 +419,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    acc = results.get("accuracy", {}).get("files")
+    # the x axis is agreement on the first trained model whose rs match the speed run's
+    acc = next((a["files"] for a in results.get("accuracy", []) if a.get("image_size") == 224), None)
     sizes = list(results["models"])
     figure, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
     for axis, size in zip(axes[0], sizes):
@@ -439,24 +444,40 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["base", "large"], choices=["base", "large"])
+    parser.add_argument("--models", nargs="*", default=["base", "large"], choices=["base", "large"])
     parser.add_argument("--r", nargs="+", type=int, default=[0, 4, 8, 12, 16])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calibration-images", type=int, default=64)
-    parser.add_argument("--run", type=Path, help="A trained BUSI run folder: the accuracy side.")
+    parser.add_argument("--run", type=Path, action="append", default=[], help="A trained run: accuracy side.")
     parser.add_argument("--split", default="test", help="The --run split scored. [default: test]")
     parser.add_argument("--no-write", action="store_true", help="Scratch JSON + printed section only.")
     args = parser.parse_args()
     args.r = sorted(set(args.r) | {0})  # r 0 is the reference every row is judged against
-    results = measure(args)
+    prefix = "merging-scratch" if args.no_write else "merging"
+    # each part is kept in its own JSON, so the speed run and each model's accuracy can be
+    # measured at different times (never beside another heavy job) and rendered together
+    if args.models:
+        print(f"wrote {save_json(f'{prefix}-speed', measure_speed(args))}")
+    for run in args.run:
+        measured = accuracy(run, args.r, args.split, args.calibration_images)
+        print(f"wrote {save_json(f'{prefix}-accuracy-{run.name}', measured)}")
+    results = _load_parts(prefix)
     body = render(results)
-    name = "merging-scratch" if args.no_write else "merging"
-    print(f"wrote {save_json(name, results)}, {plot(results, RESULTS / f'{name}.png')}")
+    print(f"wrote {plot(results, RESULTS / f'{prefix}.png')}")
     if args.no_write:
         print(body)
     else:
-        update_section(TITLE, body + f"\n\n![latency vs agreement](bench/results/{name}.png)\n")
+        update_section(TITLE, body + f"\n\n![latency vs agreement](bench/results/{prefix}.png)\n")
+
+
+def _load_parts(prefix: str) -> dict[str, Any]:
+    speed_file = RESULTS / f"{prefix}-speed.json"
+    results = json.loads(speed_file.read_text()) if speed_file.is_file() else {"models": {}}
+    results["accuracy"] = [
+        json.loads(path.read_text()) for path in sorted(RESULTS.glob(f"{prefix}-accuracy-*.json"))
+    ]
+    return results
 
 
 if __name__ == "__main__":

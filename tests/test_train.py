@@ -164,6 +164,21 @@ def test_config_file_and_overrides(tmp_path: Path) -> None:
         TrainConfig.from_file(path)
 
 
+def test_every_preset_starts_from_the_from_scratch_recipe(tmp_path: Path) -> None:
+    """A random-init preset with the cookbook's fine-tuning lr (2e-5) barely learns: every preset,
+    the 224 px one included, takes the from-scratch recipe unless another is named."""
+    from medvit_edge.train import TrainConfig
+    from medvit_edge.train.models import PRESETS
+
+    path = tmp_path / "run.yaml"
+    for preset in PRESETS:
+        path.write_text(f"model: {preset}\n")
+        cfg = TrainConfig.from_file(path)
+        assert (cfg.learning_rate, cfg.train_batch_size) == (1e-3, 32), preset
+    path.write_text("model: google/vit-base-patch16-224\n")
+    assert TrainConfig.from_file(path).learning_rate == 2e-5
+
+
 def test_unwritable_output_fails_before_training(tmp_path: Path) -> None:
     from medvit_edge.train.run import check_output_writable
 

@@ -10,6 +10,8 @@ from typing import Any, Literal
 from medvit_edge.errors import UserError
 from medvit_edge.options import validate_literals
 
+from .models import PRESETS
+
 COOKBOOK_MODEL = "google/vit-large-patch16-224"
 COOKBOOK_DATA = "emre570/breastcancer-ultrasound-images"
 
@@ -64,7 +66,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 # The offline presets (train/models.py) start from random init: the from-scratch recipe is theirs
 # unless another is named (the cookbook's 2e-5 barely moves a random ViT).
-PRESET_MODELS = ("tiny", "small")
+PRESET_MODELS = tuple(PRESETS)  # tiny, small, small-224
 
 
 def default_recipe(model: str) -> Recipe:

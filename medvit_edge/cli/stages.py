@@ -63,7 +63,7 @@ def _train_setting(flag: str, field: str, help_text: str, kind: Any = str) -> An
     type=click.Choice(choices(Recipe)),
     help="Named settings to start from: cookbook (fine-tuning); from-scratch, scratch-balanced, "
     "scratch-strong (presets trained from random init; see docs/train-recipes.md). "
-    "[default: from-scratch for --model tiny|small, else cookbook]",
+    "[default: from-scratch for the presets --model tiny|small|small-224, else cookbook]",
 )
 @_train_setting("--epochs", "epochs", "Training epochs.", float)
 @click.option(
@@ -124,8 +124,9 @@ def _train_setting(flag: str, field: str, help_text: str, kind: Any = str) -> An
     int,
 )
 def train(config_file: Path | None, recipe: str | None, **values: Any) -> None:
-    """Fine-tune a ViT classifier (the HF cookbook recipe by default; --model tiny|small train
-    from random init with the from-scratch recipe: lr 1e-3, batch 32, warm-up 5%).
+    """Fine-tune a ViT classifier (the HF cookbook recipe by default; the presets --model
+    tiny|small|small-224 train from random init with the from-scratch recipe: lr 1e-3, batch 32,
+    warm-up 5%).
 
     Writes the model (safetensors) with its preprocessing spec, metrics.json, split.csv,
     plots and a model card into the run folder, and prints the test accuracy beside the
