@@ -464,11 +464,13 @@ def main() -> None:
         print(f"wrote {save_json(f'{prefix}-accuracy-{run.name}', measured)}")
     results = _load_parts(prefix)
     body = render(results)
-    print(f"wrote {plot(results, RESULTS / f'{prefix}.png')}")
+    if results["models"]:  # the plot is latency: nothing to draw before a speed run
+        print(f"wrote {plot(results, RESULTS / f'{prefix}.png')}")
     if args.no_write:
         print(body)
     else:
-        update_section(TITLE, body + f"\n\n![latency vs agreement](bench/results/{prefix}.png)\n")
+        figure = f"\n\n![latency vs agreement](bench/results/{prefix}.png)\n" if results["models"] else ""
+        update_section(TITLE, body + figure)
 
 
 def _load_parts(prefix: str) -> dict[str, Any]:
