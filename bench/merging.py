@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 
 from bench.common import BUSI, REPO, RESULTS, machine, save_json, update_section
+from bench.merging_report import BASELINE, plot, render
 
 ROOT = REPO / "models" / "bench-levers"
-BASELINE = "OpenVINO NNCF PTQ int8, documented"
 Build = Callable[[Path, Path, np.ndarray], None]  # (fp32 ONNX, target, calibration) -> file
 
 
@@ -282,11 +282,11 @@ def accuracy(run: Path, rs: list[int], split: str, calibration_count: int) -> di
     from medvit_edge.io.labelled import read_labelled_set
     from medvit_edge.runtime.images import load_image
     from medvit_edge.runtime.preprocess import preprocess_batch
+    from medvit_edge.train.merging import expected_tokens
 
-    spec = load_spec(run)
+    spec, config = load_spec(run), json.loads((run / "config.json").read_text())
     images = read_labelled_set(run / "split.csv", split)
-    labels = json.loads((run / "config.json").read_text())["id2label"]
-    names = [labels[str(i)] for i in range(len(labels))]
+    names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
     truth = np.array([names.index(image.label) for image in images])
     pixels = preprocess_batch([load_image(image.path) for image in images], spec)
     train = read_labelled_set(run / "split.csv", "train")[:calibration_count]
@@ -299,6 +299,21 @@ def accuracy(run: Path, rs: list[int], split: str, calibration_count: int) -> di
     fp32_r0 = folder / "r0" / "fp32.onnx"
     if fp32_r0.is_file():
         outputs[BASELINE] = _predict(_lever(BASELINE), build_peer(fp32_r0, folder, calibration), pixels)
+    patches, layers = (config["image_size"] // config["patch_size"]) ** 2, config["num_hidden_layers"]
+    return {
+        "run": str(run),
+        "split": split,
+        "images": len(images),
+        "image_size": spec.size,
+        "patches": patches,
+        "layers": layers,
+        "mean_tokens": {str(r): expected_tokens(patches, layers, r) for r in rs},
+        "files": _guarded(outputs, truth, names),
+    }
+
+
+def _guarded(outputs: dict[str, np.ndarray], truth: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Each file's agreement, accuracy and malignant recall, and whether it passes the guard."""
     reference = outputs["onnxruntime fp32|r0"].argmax(axis=1)
     scored = {key: _score(logits.argmax(axis=1), reference, truth, names) for key, logits in outputs.items()}
     base = scored["onnxruntime fp32|r0"]
@@ -308,7 +323,7 @@ def accuracy(run: Path, rs: list[int], split: str, calibration_count: int) -> di
             and base["accuracy"] - numbers["accuracy"] <= GUARD["accuracy_drop"] + 1e-9
             and base["malignant_recall"] - numbers["malignant_recall"] <= GUARD["recall_drop"] + 1e-9
         )
-    return {"run": str(run), "split": split, "images": len(images), "image_size": spec.size, "files": scored}
+    return scored
 
 
 def _predict(lever: Lever, path: Path, pixels: np.ndarray) -> np.ndarray:
@@ -359,87 +374,6 @@ def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
         tokens = {str(r): mean_tokens(size, r) for r in args.r}
         results["models"][size] = {"rows": rows, "mean_tokens": tokens}
     return results
-
-
-def render(results: dict[str, Any]) -> str:
-    lines = []
-    if results["models"]:
-        lines += [
-            f"Machine: {results['machine']}. Batch 1, {results['threads']} threads, 224 px, random-init "
-            f"ViT-B/16 and ViT-L/16, {results['rounds']} interleaved rounds x 5 calls, medians "
-            "(`python -m bench.merging`). ×: latency over OpenVINO NNCF post-training int8 of the "
-            "unmerged model made the documented way, same run. r = 0 is the shipped unmerged graph.",
-            "",
-        ]
-    for size, model in results["models"].items():
-        rows = model["rows"]
-        rs = sorted({int(k.split("|r")[1]) for k in rows if "|r" in k})
-        lines += [
-            f"**ViT-{size[0].upper()}/16** (peer: {rows[BASELINE]['ms']:.0f} ms, "
-            f"{rows[BASELINE]['peak_rss_mb']:.0f} MB peak RSS)",
-            "",
-            "| runtime | " + " | ".join(f"r {r} ({model['mean_tokens'][str(r)]:.0f} tok)" for r in rs) + " |",
-            "|---|" + "---|" * len(rs),
-        ]
-        for name in RUNTIMES:
-            cells = []
-            for r in rs:
-                row = rows[f"{name}|r{r}"]
-                cells.append(
-                    f"{row['ms']:.0f} ms ×{row['x_nncf_documented']:.2f}, {row['peak_rss_mb']:.0f} MB"
-                )
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    for acc in results.get("accuracy", []):
-        lines += _accuracy_lines(acc)
-    return "\n".join(lines)
-
-
-def _accuracy_lines(acc: dict[str, Any]) -> list[str]:
-    lines = [
-        f"Accuracy side: `{Path(acc['run']).name}` ({acc['image_size']} px), {acc['images']} "
-        f"labelled {acc['split']} images; agreement with the unmerged fp32 model.",
-        "",
-        "| file | agreement | accuracy | malignant recall | passes the guard |",
-        "|---|---|---|---|---|",
-    ]
-    for key, numbers in acc["files"].items():
-        lines.append(
-            f"| {key.replace('|', ', ')} | {numbers['agreement']:.1%} | {numbers['accuracy']:.3f} | "
-            f"{numbers['malignant_recall']:.3f} | {'yes' if numbers['passes_guard'] else 'no'} |"
-        )
-    return [*lines, ""]
-
-
-def plot(results: dict[str, Any], path: Path) -> Path:
-    """Latency against agreement with the unmerged fp32 model (``--run``), one curve per runtime
-    and model size, the NNCF peer as a horizontal line; without ``--run``, latency against r."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    # the x axis is agreement on the first trained model whose rs match the speed run's
-    acc = next((a["files"] for a in results.get("accuracy", []) if a.get("image_size") == 224), None)
-    sizes = list(results["models"])
-    figure, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
-    for axis, size in zip(axes[0], sizes):
-        rows = results["models"][size]["rows"]
-        for name in RUNTIMES:
-            keys = sorted((k for k in rows if k.startswith(name + "|")), key=lambda k: int(k.split("|r")[1]))
-            xs = [acc[k]["agreement"] * 100 if acc else int(k.split("|r")[1]) for k in keys]
-            axis.plot(xs, [rows[k]["ms"] for k in keys], marker="o", label=name)
-            for x, k in zip(xs, keys):
-                axis.annotate(k.split("|")[1], (x, rows[k]["ms"]), fontsize=7)
-        axis.axhline(rows[BASELINE]["ms"], color="grey", linestyle="--", label=BASELINE)
-        axis.set_title(f"ViT-{size[0].upper()}/16, batch 1, {results['threads']} threads")
-        axis.set_xlabel("top-1 agreement with unmerged fp32 (%)" if acc else "r (tokens merged per layer)")
-        axis.set_ylabel("ms per image")
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
 
 
 def main() -> None:
