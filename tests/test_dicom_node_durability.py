@@ -143,7 +143,7 @@ def test_transient_audit_and_report_folder_failures_lose_nothing(
     assert _until(lambda: len(pacs.received) == 1)  # the PACS still gets its SR
     assert len(list((spool / "outbox" / "folder").glob("*.dcm"))) == 1
     out.unlink()
-    out.mkdir()
+    out.mkdir(exist_ok=True)  # the node's next retry may make the folder first (atomic_writer does)
     assert _until(lambda: len(list(out.glob("*.dcm"))) == 1)  # the copy arrives once it can
     assert _until(lambda: send(port, datasets[1:]) == [0], 30)
     stats = node.stop()
