@@ -403,7 +403,8 @@ def main() -> None:
     if args.no_write:
         print(body)
     else:
-        figure = f"\n\n![latency vs agreement](bench/results/{prefix}.png)\n" if results["models"] else ""
+        # named, not embedded: the docs site includes BENCHMARKS.md, where the path would not resolve
+        figure = f"\n\nPlot: `bench/results/{prefix}.png`.\n" if results["models"] else ""
         update_section(TITLE, body + figure)
 
 
