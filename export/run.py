@@ -85,7 +85,8 @@ def _export(cfg: ExportConfig) -> ExportResult:
         # merged twins only once their schedule is known (auto may find none that passes)
         records = [exporter.build(v) for v in variants if not v.merged or resolve_merging(ctx)]
     assert cfg.output is not None
-    records, recommended = recommend(cfg.output, records)  # the fastest eligible, as timed above
+    # the fastest eligible, as timed above
+    records, recommended = recommend(cfg.output, records, size=ctx.spec.size)
     manifest = replace(ctx.manifest(records), recommended=recommended)
     manifest = write_golden(ctx, manifest)  # + onnx/golden/ for `check`
     manifest.write(cfg.output)

@@ -80,7 +80,7 @@ def eligible(record: VariantRecord) -> bool:
 
 
 def recommend(
-    folder: Path, records: Sequence[VariantRecord], runs: int = LATENCY_RUNS
+    folder: Path, records: Sequence[VariantRecord], runs: int = LATENCY_RUNS, size: int | None = None
 ) -> tuple[list[VariantRecord], Recommendation | None]:
     """Every passed record with its ``latency_ms``, and the recommendation (None when no
     variant is eligible)."""
@@ -96,7 +96,9 @@ def recommend(
     if not candidates:
         return measured, None
     best = min(candidates, key=lambda record: record.latency_ms or 0.0)
-    scope = export_latency_scope()
+    scope = export_latency_scope(
+        size
+    )  # size: the model input's, so the frame is named as export's table names it
     logger.info("recommended: %s (%.1f ms per image: %s; this machine)", best.variant, best.latency_ms, scope)
     recommendation = Recommendation(
         variant=best.variant,
