@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import BUSI, REPO, RESULTS, machine, save_json, update_section
-from bench.merging_report import BASELINE, plot, render
+from bench.merging_report import BASELINE, GUARD, plot, render
 
 ROOT = REPO / "models" / "bench-levers"
 Build = Callable[[Path, Path, np.ndarray], None]  # (fp32 ONNX, target, calibration) -> file
@@ -95,7 +95,6 @@ RUNTIMES: dict[str, tuple[str, str, Any, dict[str, str]]] = {
     "OpenVINO int8 (export's NNCF)": ("ov", "openvino-int8.xml", _ours, {}),
 }
 PEER_FILE = "nncf-documented.xml"  # beside the unmerged model.onnx, in the shared cache
-GUARD = {"agreement": 0.98, "accuracy_drop": 0.02, "recall_drop": 0.03}
 
 
 def build_files(hf_dir: Path, folder: Path, r: int, calibration: np.ndarray, size: int) -> dict[str, Path]:

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 BASELINE = "OpenVINO NNCF PTQ int8, documented"
+# export's int8 accuracy guard, applied to every merged file against the unmerged fp32 model
+GUARD = {"agreement": 0.98, "accuracy_drop": 0.02, "recall_drop": 0.03}
 
 
 def _runtimes(rows: dict[str, Any]) -> list[str]:
@@ -44,7 +46,46 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
     for acc in results.get("accuracy", []):
         lines += _accuracy_lines(acc)
-    return "\n".join(lines)
+    return "\n".join(lines + _reading_across(results))
+
+
+def _reading_across(results: dict[str, Any]) -> list[str]:
+    """The trained models' guard, carried to the random-init speed models by the share of tokens
+    a layer keeps on average (r alone does not compare models of different depth)."""
+    trained = [acc for acc in results.get("accuracy", []) if acc.get("mean_tokens")]
+    if not trained or not results["models"]:
+        return []
+    lowest = {Path(acc["run"]).name: _lowest_passing_share(acc) for acc in trained}
+    floor = max(lowest.values())
+    held = "; ".join(f"`{name}` down to {share:.0f}% kept" for name, share in lowest.items())
+    lines = [
+        f"Reading across by the share of tokens kept (r alone does not compare a 6-layer model with "
+        f"ViT-L's 24 layers): every file passes the guard {held}. Within {floor:.0f}% kept, the "
+        "share every trained model passed at:",
+        "",
+    ]
+    for size, model in results["models"].items():
+        rows = model["rows"]
+        allowed = [k for k in rows if "|r" in k and _kept(model["mean_tokens"], 196, _r(k)) >= floor - 1e-9]
+        best = min(allowed, key=lambda k: rows[k]["ms"])
+        lines.append(
+            f"- ViT-{size[0].upper()}/16: fastest is {best.replace('|', ', ')} "
+            f"({_kept(model['mean_tokens'], 196, _r(best)):.0f}% kept), {rows[best]['ms']:.0f} ms = "
+            f"×{rows[best]['x_nncf_documented']:.2f} of the NNCF peer."
+        )
+    return [*lines, ""]
+
+
+def _lowest_passing_share(acc: dict[str, Any]) -> float:
+    """The smallest share kept such that every file at that share and above passes the guard."""
+    files = acc["files"]
+    rs = sorted({_r(k) for k in files if "|r" in k})
+    lowest = 100.0
+    for r in rs:  # r ascending: share kept descending
+        if not all(files[k]["passes_guard"] for k in files if k.endswith(f"|r{r}")):
+            break
+        lowest = _kept(acc["mean_tokens"], acc["patches"], r)
+    return lowest
 
 
 def _accuracy_lines(acc: dict[str, Any]) -> list[str]:
@@ -70,31 +111,55 @@ def _accuracy_lines(acc: dict[str, Any]) -> list[str]:
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
-    """Latency against agreement with the unmerged fp32 model (``--run``), one curve per runtime
-    and model size, the NNCF peer as a horizontal line; without ``--run``, latency against r."""
+    """Latency of each random-init ViT and agreement of each trained model, both against the
+    share of tokens a layer keeps on average: r alone does not compare models of different depth
+    (r 8 keeps 53% on ViT-L's 24 layers, 90% on a 6-layer model), the share does."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # the x axis is agreement on the first trained model whose rs match the speed run's
-    acc = next((a["files"] for a in results.get("accuracy", []) if a.get("image_size") == 224), None)
-    sizes = list(results["models"])
-    figure, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
+    sizes, trained = list(results["models"]), results.get("accuracy", [])
+    panels = len(sizes) + (1 if trained else 0)
+    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.5), squeeze=False)
     for axis, size in zip(axes[0], sizes):
-        rows = results["models"][size]["rows"]
+        model = results["models"][size]
+        rows = model["rows"]
         for name in _runtimes(rows):
-            keys = sorted((k for k in rows if k.startswith(name + "|")), key=lambda k: int(k.split("|r")[1]))
-            xs = [acc[k]["agreement"] * 100 if acc else int(k.split("|r")[1]) for k in keys]
+            keys = _keys_by_r(rows, name)
+            xs = [_kept(model["mean_tokens"], 196, _r(k)) for k in keys]
             axis.plot(xs, [rows[k]["ms"] for k in keys], marker="o", label=name)
-            for x, k in zip(xs, keys):
-                axis.annotate(k.split("|")[1], (x, rows[k]["ms"]), fontsize=7)
         axis.axhline(rows[BASELINE]["ms"], color="grey", linestyle="--", label=BASELINE)
-        axis.set_title(f"ViT-{size[0].upper()}/16, batch 1, {results['threads']} threads")
-        axis.set_xlabel("top-1 agreement with unmerged fp32 (%)" if acc else "r (tokens merged per layer)")
+        axis.set_title(f"ViT-{size[0].upper()}/16 (random init), batch 1, {results['threads']} threads")
         axis.set_ylabel("ms per image")
-        axis.legend(fontsize=7)
+    if trained:
+        axis = axes[0][-1]
+        for acc in trained:
+            for name in _runtimes(acc["files"]):
+                keys = _keys_by_r(acc["files"], name)
+                xs = [_kept(acc["mean_tokens"], acc["patches"], _r(k)) for k in keys]
+                ys = [acc["files"][k]["agreement"] * 100 for k in keys]
+                axis.plot(xs, ys, marker="o", label=f"{Path(acc['run']).name}: {name}")
+        axis.axhline(GUARD["agreement"] * 100, color="grey", linestyle="--", label="the guard")
+        axis.set_title("trained BUSI models: agreement with unmerged fp32")
+        axis.set_ylabel("top-1 agreement (%)")
+    for axis in axes[0]:
+        axis.set_xlabel("mean tokens per layer kept (% of unmerged)")
+        axis.invert_xaxis()  # more merging to the right
+        axis.legend(fontsize=6)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def _r(key: str) -> int:
+    return int(key.split("|r")[1])
+
+
+def _keys_by_r(rows: dict[str, Any], runtime: str) -> list[str]:
+    return sorted((k for k in rows if k.startswith(runtime + "|r")), key=_r)
+
+
+def _kept(mean_tokens: dict[str, float], patches: int, r: int) -> float:
+    return 100 * mean_tokens[str(r)] / (patches + 1)

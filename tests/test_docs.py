@@ -22,13 +22,15 @@ The convention, for whoever writes a page:
 
   They are the session fixtures' tiny ViT and phantom images, so every number a snippet prints
   is a toy's; what is checked is that every command and call works as written.
-- A shell line is one of: ``medvit-edge …`` (run; it must exit 0), ``pip install …`` (not run;
+- A shell line is one of: ``medvit-edge …`` (run in the test's interpreter, the page's folder as
+  working directory; it must exit 0), ``pip install …`` (not run;
   every extra it names must exist in pyproject.toml), ``make TARGET`` (not run; the target must
   exist in the Makefile). Anything else needs the not-run marker. ``#`` starts a comment and
   ``\\`` continues a line, as in bash.
 - ``medvit-edge train`` runs with ``--max-steps 4`` added, ``medvit-edge demo`` with
-  ``--epochs 1`` and ``medvit-edge export`` with ``--allow-degraded`` (four steps make no model
-  worth validating): the commands are checked, not the toy model's quality.
+  ``--epochs 1 --data data/busi`` (the phantoms above: ``tests/test_demo.py`` runs the demo as
+  shipped) and ``medvit-edge export`` with ``--allow-degraded`` (four steps make no model worth
+  validating): the commands are checked, not the toy model's quality.
 - A Python block runs as its own script (a fresh interpreter) in the page's folder.
 """
 
@@ -42,6 +44,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from traceback import format_exception
 
 import pytest
 
@@ -196,27 +199,34 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_medvit(args: list[str], cwd: Path, where: str) -> None:
+def run_medvit(args: list[str], cwd: Path, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command in this interpreter (click's runner, the page's folder as working directory):
+    the modules a command needs are imported once per suite, not once per snippet, which is
+    most of a toy export's time. Running as a process (exit codes, streams) is the CLI tests'."""
+    from click.testing import CliRunner
+
+    from medvit_edge.cli import main
+
     if args and args[0] == "train" and "--max-steps" not in args:
         args = [*args, "--max-steps", "4"]
     if args and args[0] == "export" and "--allow-degraded" not in args:
         args = [*args, "--allow-degraded"]
     if args and args[0] == "demo" and "--epochs" not in args:
         args = [*args, "--epochs", "1"]
-    done = subprocess.run(
-        [sys.executable, "-m", "medvit_edge.cli", *args],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=SNIPPET_TIMEOUT_S,
-    )
-    assert done.returncode == 0, (
-        f"{where}: `medvit-edge {shlex.join(args)}` exited {done.returncode}\n{done.stderr[-3000:]}"
-    )
+    if args and args[0] == "demo" and "--data" not in args:
+        args = [*args, "--data", "data/busi"]  # the phantoms already made: test_demo makes its own
+    with monkeypatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        result = CliRunner().invoke(main, args)
+    if result.exit_code != 0:
+        crash = result.exc_info if not isinstance(result.exception, SystemExit) else None
+        trace = "".join(format_exception(*crash)) if crash else ""
+        command = f"medvit-edge {shlex.join(args)}"
+        pytest.fail(f"{where}: `{command}` exited {result.exit_code}\n{result.output[-3000:]}{trace}")
 
 
-def run_shell_block(block: Block, cwd: Path) -> None:
+def run_shell_block(block: Block, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for argv in shell_commands(block.code):
         args = medvit_args(argv)
         if block.not_run is not None:
@@ -224,7 +234,7 @@ def run_shell_block(block: Block, cwd: Path) -> None:
                 parse_only(args, block.where)
             continue
         if args is not None:
-            run_medvit(args, cwd, block.where)
+            run_medvit(args, cwd, block.where, monkeypatch)
         elif argv[:2] == ["pip", "install"]:
             check_pip_line(argv, block.where)
         elif argv[0] == "make":
@@ -283,7 +293,9 @@ PAGES = sorted({b.page for b in all_blocks()})
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
-def test_page_snippets_run(page: str, tiny_export: Path, phantom_dir: Path, tmp_path: Path) -> None:
+def test_page_snippets_run(
+    page: str, tiny_export: Path, phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every snippet of the page, in order, in one folder holding the names the docs use."""
     blocks = [b for b in all_blocks() if b.page == page]
     dicom = any("dicom/" in b.code for b in blocks if b.not_run is None)
@@ -295,4 +307,4 @@ def test_page_snippets_run(page: str, tiny_export: Path, phantom_dir: Path, tmp_
             if block.not_run is None:
                 run_python_block(block, workspace)
         else:
-            run_shell_block(block, workspace)
+            run_shell_block(block, workspace, monkeypatch)

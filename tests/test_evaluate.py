@@ -22,7 +22,7 @@ from medvit_edge.runtime.classifier import Classifier
 from medvit_edge.runtime.policy import REFER, DecisionPolicy, ReferRule
 from medvit_edge.runtime.preprocess import preprocess_batch
 
-from .conftest import needs_export
+from .conftest import needs_export, needs_torch
 
 pytestmark = [needs_export]
 COLUMNS = [
@@ -289,3 +289,26 @@ def test_stored_policy_is_evaluated_per_variant(
     text = (tmp_path / "report.md").read_text()
     assert "| malignant-sensitivity=0.95 |" in text and "refer when top p <" in text
     assert (tmp_path / "roc.png").is_file() and (tmp_path / "risk_coverage.png").is_file()
+
+
+@needs_torch
+def test_threads_hold_for_the_evaluation_only(tiny_export: Path, tmp_path: Path) -> None:
+    """--threads is the evaluation's: a process that calls evaluate() keeps its own torch setting
+    (training after it in the same process would otherwise run, and round, on one thread)."""
+    import torch
+
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    cfg = EvaluateConfig(
+        run_dir=tiny_export.parent,
+        output=tmp_path / "eval",
+        threads=wanted,
+        latency_runs=2,
+        bootstrap_samples=50,
+    )
+    seen = []
+    original = torch.set_num_threads
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), original(n)))
+        evaluate(cfg)
+    assert seen[0] == wanted and torch.get_num_threads() == before

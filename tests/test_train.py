@@ -221,3 +221,33 @@ def test_hub_dataset_source(phantom_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     sample = bundle.split("validation")[0]
     assert sample.key.startswith("hub:train/") and sample.path is None
     assert sample.image().mode == "RGB" and sample.image().size[0] > 50
+
+
+def test_seed_fixes_a_presets_random_init(phantom_dir: Path, tmp_path: Path) -> None:
+    """Same --seed, same model, whatever ran before in the process; another seed, other weights.
+    (The Trainer seeds only once built: a preset's weights were drawn from whatever state the
+    random generator was left in.)"""
+    import torch
+    from safetensors.numpy import load_file
+
+    from medvit_edge.train import TrainConfig, train
+
+    def weights(name: str, seed: int) -> dict[str, np.ndarray]:
+        torch.rand(1000)  # what an earlier caller in the same process leaves behind
+        cfg = TrainConfig.from_recipe(
+            "from-scratch",
+            model="tiny",
+            data=str(phantom_dir / "split.csv"),
+            output=tmp_path / name,
+            max_steps=1,
+            train_batch_size=8,
+            progress=False,
+            seed=seed,
+        )
+        train(cfg)
+        return load_file(str(tmp_path / name / "model.safetensors"))
+
+    first, again, other = weights("a", 5), weights("b", 5), weights("c", 6)
+    assert first.keys() == again.keys() == other.keys()
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    assert not all(np.array_equal(first[k], other[k]) for k in first)

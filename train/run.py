@@ -103,6 +103,8 @@ def refuse_reuse(cfg: TrainConfig) -> None:
 
 
 def _train(cfg: TrainConfig, args: Any, main: bool) -> TrainResult:
+    from transformers import set_seed
+
     run_dir = cfg.output
     bundle = prepare_data(cfg)
     check_same_split(bundle)
@@ -110,6 +112,9 @@ def _train(cfg: TrainConfig, args: Any, main: bool) -> TrainResult:
     counts = class_counts(bundle)
     for split, per_class in counts.items():
         logger.info("  %-10s %s", split, "  ".join(f"{k}={v}" for k, v in per_class.items()))
+    # seeded before the model exists: a preset's random init is part of what --seed fixes (the
+    # Trainer seeds only once it is built, after the weights are drawn)
+    set_seed(cfg.seed)
     model, spec = load_model(cfg.model, bundle.labels, cfg.attn_implementation)
     if cfg.merge_tokens:
         from .merging import MergeRequest, patch_model

@@ -8,9 +8,11 @@ torch is installed) is the reference for parity, else the fp32 ONNX file is.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,28 @@ class EvaluatedModel:
 
 def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     """Evaluate, write report.json / report.md / plots into ``cfg.output``, return the report."""
+    with _torch_threads(cfg.threads if cfg.pytorch else None):
+        return _evaluate(cfg)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """``--threads`` for PyTorch while evaluating; the calling process gets its own setting back
+    (a library call must not leave a process's torch on one thread)."""
+    if not threads or importlib.util.find_spec("torch") is None:  # onnxruntime takes --threads itself
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     models, labels, spec = load_models(cfg)
     images, pixels, skipped, frames, overlap = _load_images(cfg, spec, labels, any(m.raw for m in models))
     index = {label: i for i, label in enumerate(labels)}
@@ -224,8 +248,6 @@ def _pytorch_model(cfg: EvaluateConfig) -> EvaluatedModel | None:
     weights = sorted(cfg.run_dir.glob("*.safetensors"))
     if not weights:
         return None
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     before = rss_mb()
     model = AutoModelForImageClassification.from_pretrained(cfg.run_dir, use_safetensors=True).eval()
     loaded = max(rss_mb() - before, 0.0)
