@@ -314,9 +314,11 @@ rewrites this section from `bench/results/train_busi_seeds.json`). Seeds finishe
 Preset `{budget["model"]}` ({geometry["image_size"]} px, {tokens} patch tokens, width {geometry["hidden_size"]},
 {geometry["num_hidden_layers"]} blocks, {data["seeds"][0]["parameters"] / 1e6:.1f} M parameters, random init),
 {budget["epochs"]:g} epochs per seed, best checkpoint by validation balanced accuracy. The seed
-sets the init, the augmentation and batch order and the validation images carved from BUSI's
-training split; the test split (156 images) is the same for every seed. Training samples/s per
-run (mean): {speed}.
+sets the augmentation and batch order and the validation images carved from BUSI's training
+split, and (in runs trained from 2026-12-03 on) the initial weights: earlier runs drew them from
+wherever the process's random generator stood, so every seed that was the first one trained in
+its process started from the same weights. The test split (156 images) is the same for every seed.
+Training samples/s per run (mean): {speed}.
 """
 
 
