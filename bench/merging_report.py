@@ -57,11 +57,13 @@ def _reading_across(results: dict[str, Any]) -> list[str]:
         return []
     lowest = {Path(acc["run"]).name: _lowest_passing_share(acc) for acc in trained}
     floor = max(lowest.values())
-    held = "; ".join(f"`{name}` down to {share:.0f}% kept" for name, share in lowest.items())
+    held = ", ".join(f"on `{name}` down to {share:.0f}%" for name, share in lowest.items())
+    depths = sorted({str(acc["layers"]) for acc in trained})
     lines = [
-        f"Reading across by the share of tokens kept (r alone does not compare a 6-layer model with "
-        f"ViT-L's 24 layers): every file passes the guard {held}. Within {floor:.0f}% kept, the "
-        "share every trained model passed at:",
+        f"Reading across by the share of tokens a layer keeps on average (r alone does not compare "
+        f"the trained {'/'.join(depths)}-layer models with ViT-L's 24 layers): every file passes "
+        f"the guard {held} of tokens kept. Keeping at least {floor:.0f}% (what every trained model "
+        "passed), the fastest files are:",
         "",
     ]
     for size, model in results["models"].items():
