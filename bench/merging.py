@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import BUSI, REPO, RESULTS, machine, save_json, update_section
-from bench.merging_report import BASELINE, GUARD, plot, render
+from bench.merging_report import BASELINE, GUARD, SPEED_PATCHES, plot, render
 
 ROOT = REPO / "models" / "bench-levers"
 Build = Callable[[Path, Path, np.ndarray], None]  # (fp32 ONNX, target, calibration) -> file
@@ -268,7 +268,7 @@ def mean_tokens(size: str, r: int) -> float:
     from bench.speed import SIZES
     from medvit_edge.train.merging import expected_tokens
 
-    return expected_tokens(196, SIZES[size]["num_hidden_layers"], r)
+    return expected_tokens(SPEED_PATCHES, SIZES[size]["num_hidden_layers"], r)
 
 
 # -- accuracy on a trained model ------------------------------------------------------------------

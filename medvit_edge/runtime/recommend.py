@@ -96,9 +96,8 @@ def recommend(
     if not candidates:
         return measured, None
     best = min(candidates, key=lambda record: record.latency_ms or 0.0)
-    scope = export_latency_scope(
-        size
-    )  # size: the model input's, so the frame is named as export's table names it
+    # size: the model input's, so the frame is named as export's table names it
+    scope = export_latency_scope(size)
     logger.info("recommended: %s (%.1f ms per image: %s; this machine)", best.variant, best.latency_ms, scope)
     recommendation = Recommendation(
         variant=best.variant,
