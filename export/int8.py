@@ -85,11 +85,12 @@ def _builder(ctx: ExportContext, variant: Variant, int8: Int8Config, source: Pat
 def openvino_build(ctx: ExportContext, variant: Variant, source: Path) -> Build:
     """NNCF's attempt for the guard: the ONNX graph ``source`` (the unfused fp32 one, or a
     token-merged twin's) as an int8 IR, the given layers kept in float."""
-    from .openvino import openvino_to_int8
+    from .openvino import convert_onnx, openvino_to_int8
 
     calibration = calibration_pixels(ctx)
     settings, target = ctx.cfg.openvino_int8, ctx.path(variant)
-    return lambda exclude: openvino_to_int8(source, target, settings, calibration, exclude)
+    converted = convert_onnx(source)  # once: every attempt quantizes a copy
+    return lambda exclude: openvino_to_int8(converted, target, settings, calibration, exclude)
 
 
 def calibration_pixels(ctx: ExportContext) -> np.ndarray:

@@ -31,17 +31,16 @@ The convention, for whoever writes a page:
   ``--epochs 1 --data data/busi`` (the phantoms above: ``tests/test_demo.py`` runs the demo as
   shipped) and ``medvit-edge export`` with ``--allow-degraded`` (four steps make no model worth
   validating): the commands are checked, not the toy model's quality.
-- A Python block runs as its own script (a fresh interpreter) in the page's folder.
+- A Python block runs as a script (``__main__``) in the test's interpreter, the page's folder as
+  working directory.
 """
 
 from __future__ import annotations
 
-import os
 import re
+import runpy
 import shlex
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from traceback import format_exception
@@ -53,7 +52,6 @@ from .conftest import REPO
 RUN_LANGUAGES = {"bash", "sh", "shell", "console", "python", "py"}
 MARKER = re.compile(r"<!--\s*not-run:\s*(.*?)\s*-->")
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)\s*(?P<info>[^\n`]*)$")
-SNIPPET_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -192,13 +190,6 @@ def test_parse_only_refuses_what_does_not_exist() -> None:
             parse_only(wrong, "wrong")
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    return env
-
-
 def run_medvit(args: list[str], cwd: Path, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The command in this interpreter (click's runner, the page's folder as working directory):
     the modules a command needs are imported once per suite, not once per snippet, which is
@@ -247,18 +238,44 @@ def run_shell_block(block: Block, cwd: Path, monkeypatch: pytest.MonkeyPatch) ->
             )
 
 
-def run_python_block(block: Block, cwd: Path) -> None:
+def run_python_block(block: Block, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The block as ``__main__`` in this interpreter (runpy), the page's folder as working
+    directory and first on ``sys.path``, as ``python snippet.py`` there would have it: the
+    libraries a snippet imports are imported once per suite. The runtime's own promise that it
+    imports no torch is tests/test_imports.py's, in fresh interpreters."""
     script = cwd / f"snippet_{block.line}.py"
     script.write_text(block.code + "\n", encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, script.name],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=SNIPPET_TIMEOUT_S,
+    with monkeypatch.context() as patch:
+        patch.chdir(cwd)
+        patch.syspath_prepend(str(cwd))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        try:
+            runpy.run_path(script.name, run_name="__main__")
+        except SystemExit as stop:
+            if stop.code not in (None, 0):
+                pytest.fail(f"{block.where}: the Python block exited {stop.code}")
+        except Exception as exc:  # any failure of the snippet is the page's bug
+            trace = "".join(format_exception(exc))
+            pytest.fail(f"{block.where}: the Python block failed\n{trace[-3000:]}")
+
+
+def test_a_python_block_runs_in_its_folder_and_its_failure_names_the_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "snippet_helper.py").write_text("VALUE = 3\n", encoding="utf-8")
+    writes = Block(
+        "page.md",
+        7,
+        "python",
+        "from snippet_helper import VALUE\nopen('out.txt', 'w').write(str(VALUE))",
+        None,
     )
-    assert done.returncode == 0, f"{block.where}: the Python block failed\n{done.stderr[-3000:]}"
+    run_python_block(writes, tmp_path, monkeypatch)
+    assert (tmp_path / "out.txt").read_text() == "3"
+    for code in ("raise ValueError('broken snippet')", "import sys\nsys.exit(3)"):
+        with pytest.raises(pytest.fail.Exception, match=r"page\.md:7"):
+            run_python_block(Block("page.md", 7, "python", code, None), tmp_path, monkeypatch)
+    run_python_block(Block("page.md", 9, "python", "import sys\nsys.exit(0)", None), tmp_path, monkeypatch)
 
 
 def _dicom_folder(images: list[Path], folder: Path) -> None:
@@ -305,6 +322,6 @@ def test_page_snippets_run(
     for block in blocks:
         if block.language in {"python", "py"}:
             if block.not_run is None:
-                run_python_block(block, workspace)
+                run_python_block(block, workspace, monkeypatch)
         else:
             run_shell_block(block, workspace, monkeypatch)

@@ -267,6 +267,8 @@ def test_guard_keeps_the_most_sensitive_layers_in_float(tiny_run: Path, tmp_path
         allow_degraded=True,
         golden_images=0,
         tolerances={"openvino-int8": strict},
+        calibration_size=8,  # each attempt calibrates and validates anew: what is tested is which
+        max_validation_images=16,  # layers stay float, not how close int8 comes
     )
     manifest = export(cfg).manifest
     record = manifest.entry(INT8_IR)
@@ -284,6 +286,24 @@ def test_guard_keeps_the_most_sensitive_layers_in_float(tiny_run: Path, tmp_path
     }
     assert quantized, "the other MatMuls are int8"
     assert not quantized & set(kept)
+
+
+def test_quantizing_a_converted_model_twice_leaves_it_as_converted(ov_export: Path, tmp_path: Path) -> None:
+    """The guard converts model.onnx once and quantizes a copy per attempt: an attempt that keeps
+    layers in float must not leak into the next, which must equal a quantization of the file."""
+    from medvit_edge.export.openvino import convert_onnx, openvino_to_int8
+    from medvit_edge.export.openvino_config import OpenVinoInt8Config
+
+    source, settings = ov_export / "model.onnx", OpenVinoInt8Config()
+    calibration = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    converted = convert_onnx(source)
+    names = [op.get_friendly_name() for op in converted.get_ordered_ops() if op.get_type_name() == "MatMul"]
+    kept = openvino_to_int8(converted, tmp_path / "kept.xml", settings, calibration, names[:3])
+    assert kept["excluded_nodes"] == names[:3]
+    openvino_to_int8(converted, tmp_path / "again.xml", settings, calibration)
+    openvino_to_int8(source, tmp_path / "file.xml", settings, calibration)
+    assert (tmp_path / "again.bin").read_bytes() == (tmp_path / "file.bin").read_bytes()
+    assert (tmp_path / "kept.bin").read_bytes() != (tmp_path / "file.bin").read_bytes()
 
 
 def test_export_without_openvino_is_one_line_exit_2(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:

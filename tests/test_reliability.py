@@ -178,7 +178,7 @@ def test_training_killed_mid_run_resumes_to_the_same_step_count(phantom_dir: Pat
         "--data",
         str(phantom_dir / "split.csv"),
         "--epochs",
-        "6",
+        "3",
         "--lr",
         "1e-3",
         "--batch-size",
@@ -207,7 +207,7 @@ def test_training_killed_mid_run_resumes_to_the_same_step_count(phantom_dir: Pat
     with open(run / "split.csv", newline="") as handle:
         train_images = sum(row["split"] == "train" for row in csv.DictReader(handle))
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == 6 * -(-train_images // 16)  # every epoch's steps, none repeated or lost
+    assert metrics["steps"] == 3 * -(-train_images // 16)  # every epoch's steps, none repeated or lost
     assert "test" in metrics and metrics["test"]["n"] == 24
 
 

@@ -223,31 +223,22 @@ def test_hub_dataset_source(phantom_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     assert sample.image().mode == "RGB" and sample.image().size[0] > 50
 
 
-def test_seed_fixes_a_presets_random_init(phantom_dir: Path, tmp_path: Path) -> None:
+def test_seed_fixes_a_presets_random_init(tmp_path: Path) -> None:
     """Same --seed, same model, whatever ran before in the process; another seed, other weights.
     (The Trainer seeds only once built: a preset's weights were drawn from whatever state the
-    random generator was left in.)"""
+    random generator was left in.) ``seeded_model`` is what ``train`` builds its model with."""
     import torch
-    from safetensors.numpy import load_file
 
-    from medvit_edge.train import TrainConfig, train
+    from medvit_edge.train import TrainConfig
+    from medvit_edge.train.run import seeded_model
 
-    def weights(name: str, seed: int) -> dict[str, np.ndarray]:
+    def weights(seed: int) -> dict[str, np.ndarray]:
         torch.rand(1000)  # what an earlier caller in the same process leaves behind
-        cfg = TrainConfig.from_recipe(
-            "from-scratch",
-            model="tiny",
-            data=str(phantom_dir / "split.csv"),
-            output=tmp_path / name,
-            max_steps=1,
-            train_batch_size=8,
-            progress=False,
-            seed=seed,
-        )
-        train(cfg)
-        return load_file(str(tmp_path / name / "model.safetensors"))
+        cfg = TrainConfig.from_recipe("from-scratch", model="tiny", output=tmp_path / "run", seed=seed)
+        model, _ = seeded_model(cfg, ["benign", "malignant", "normal"])
+        return {k: v.numpy() for k, v in model.state_dict().items()}
 
-    first, again, other = weights("a", 5), weights("b", 5), weights("c", 6)
+    first, again, other = weights(5), weights(5), weights(6)
     assert first.keys() == again.keys() == other.keys()
     assert all(np.array_equal(first[k], again[k]) for k in first)
     assert not all(np.array_equal(first[k], other[k]) for k in first)

@@ -17,6 +17,7 @@ from medvit_edge.errors import UserError
 from medvit_edge.evaluation.metrics import classification_metrics, flat_metrics
 from medvit_edge.files import write_json_atomic
 from medvit_edge.io.checkpoint import holds_model, save_model
+from medvit_edge.runtime.preprocess import PreprocessSpec
 
 from .config import TrainConfig
 from .data import DataBundle, Sample
@@ -103,8 +104,6 @@ def refuse_reuse(cfg: TrainConfig) -> None:
 
 
 def _train(cfg: TrainConfig, args: Any, main: bool) -> TrainResult:
-    from transformers import set_seed
-
     run_dir = cfg.output
     bundle = prepare_data(cfg)
     check_same_split(bundle)
@@ -112,10 +111,7 @@ def _train(cfg: TrainConfig, args: Any, main: bool) -> TrainResult:
     counts = class_counts(bundle)
     for split, per_class in counts.items():
         logger.info("  %-10s %s", split, "  ".join(f"{k}={v}" for k, v in per_class.items()))
-    # seeded before the model exists: a preset's random init is part of what --seed fixes (the
-    # Trainer seeds only once it is built, after the weights are drawn)
-    set_seed(cfg.seed)
-    model, spec = load_model(cfg.model, bundle.labels, cfg.attn_implementation)
+    model, spec = seeded_model(cfg, bundle.labels)
     if cfg.merge_tokens:
         from .merging import MergeRequest, patch_model
 
@@ -141,6 +137,16 @@ def _train(cfg: TrainConfig, args: Any, main: bool) -> TrainResult:
         trainer.push_to_hub()  # the Trainer pushes from rank 0 only
     barrier()
     return TrainResult(run_dir, metrics, bundle.labels, main_process=main)
+
+
+def seeded_model(cfg: TrainConfig, labels: list[str]) -> tuple[Any, PreprocessSpec]:
+    """The model ``cfg`` trains and its preprocessing spec, drawn after seeding with ``cfg.seed``:
+    a preset's random init is part of what --seed fixes (the Trainer seeds only once it is
+    built, after the weights are drawn)."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    return load_model(cfg.model, labels, cfg.attn_implementation)
 
 
 def _write_data_reports(
