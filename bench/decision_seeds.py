@@ -6,8 +6,9 @@ policy fitted on its own validation split (temperature, ``malignant-sensitivity=
 rule certified at ``--refer-confidence``), then evaluated on BUSI's fixed test split. Per seed:
 the operating point's test sensitivity and specificity, the refer rule's certified risk, test
 coverage and accepted accuracy, and int8 (and OpenVINO int8) agreement with fp32, top-1 and
-decision. The refer risk is the first of ``--refer-risk`` that every seed's validation split
-certifies, so coverage is compared at one risk.
+decision. The refer risk is the lowest of ``--refer-risk`` that every seed's validation split
+certifies, so coverage is compared at one risk; when a seed certifies none of them, every seed is
+exported without a refer rule and the section says so.
 
     python -m bench.decision_seeds [--root models/seeds/scratch-balanced] [--openvino]
         [--refer-risk 0.1 0.2 0.3 0.4] [--refer-confidence 0.9] [--render-only]
@@ -38,10 +39,17 @@ def seed_folders(root: Path) -> list[Path]:
 
 def export_at_common_risk(
     folders: list[Path], risks: list[float], openvino: bool, confidence: float
-) -> float:
+) -> float | None:
     """Export every seed at the lowest listed refer risk that every seed's validation split
-    certifies (a refused risk fails before any variant is built, so the search is cheap)."""
-    lowest = {folder: export_seed(folder, sorted(risks), openvino, confidence) for folder in folders}
+    certifies (a refused risk fails before any variant is built, so the search is cheap); when
+    some seed certifies none, every seed without a refer rule (None)."""
+    try:
+        lowest = {folder: export_seed(folder, sorted(risks), openvino, confidence) for folder in folders}
+    except SystemExit as refused:
+        print(f"{refused}: every seed is exported without a refer rule")
+        for folder in folders:
+            export_seed(folder, [None], openvino, confidence)
+        return None
     common = max(lowest.values())
     for folder, risk in lowest.items():
         if risk < common:
@@ -49,7 +57,7 @@ def export_at_common_risk(
     return common
 
 
-def export_seed(folder: Path, risks: list[float], openvino: bool, confidence: float) -> float:
+def export_seed(folder: Path, risks: list[float | None], openvino: bool, confidence: float) -> Any:
     output = folder / "onnx-decision"
     shutil.rmtree(output, ignore_errors=True)
     return export_with_policy(folder, output, risks, openvino, confidence)
@@ -72,18 +80,19 @@ def seed_record(folder: Path, report: dict[str, Any]) -> dict[str, Any]:
     variants = {row["variant"]: row for row in report["variants"]}
     fp32 = variants["fp32"]["decision"]
     point = next(p for p in fp32["operating_points"] if p["name"] == OPERATING_POINT)
-    refer = fp32["refer"]
+    refer = fp32.get("refer") or {}
     record: dict[str, Any] = {
         "seed": int(folder.name.split("-")[-1]),
         "run_dir": str(folder.resolve().relative_to(REPO))
         if folder.resolve().is_relative_to(REPO)
         else str(folder),
+        "images": report["images"],
         "balanced_accuracy": variants["fp32"]["balanced_accuracy"],
         "sensitivity": point["sensitivity"]["value"],
         "specificity": point["specificity"]["value"],
-        "refer_risk_bound": refer["validation"]["risk_bound"],
-        "coverage": refer["coverage"]["value"],
-        "accepted_accuracy": refer["accepted_accuracy"]["value"] if refer["accepted_accuracy"] else None,
+        "refer_risk_bound": refer["validation"]["risk_bound"] if refer else None,
+        "coverage": refer["coverage"]["value"] if refer else None,
+        "accepted_accuracy": (refer.get("accepted_accuracy") or {}).get("value"),
         "agreement": {},
     }
     for name in QUANTIZED:
@@ -98,10 +107,18 @@ def seed_record(folder: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("balanced_accuracy", "sensitivity", "specificity", "refer_risk_bound", "coverage")
-    summary: dict[str, Any] = {key: stats([r[key] for r in records]) for key in keys}
-    accepted = [r["accepted_accuracy"] for r in records if r["accepted_accuracy"] is not None]
-    summary["accepted_accuracy"] = stats(accepted) if accepted else None
+    keys = (
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+        "refer_risk_bound",
+        "coverage",
+        "accepted_accuracy",
+    )
+    summary: dict[str, Any] = {}
+    for key in keys:  # the refer figures are None for every seed when no rule was certified
+        values = [r[key] for r in records if r[key] is not None]
+        summary[key] = stats(values) if values else None
     for name in QUANTIZED:
         rows = [r["agreement"][name] for r in records if name in r["agreement"]]
         if rows:
@@ -113,16 +130,26 @@ def _cell(s: dict[str, float] | None) -> str:
     return "–" if s is None else f"{s['mean']:.3f} ± {s['sd']:.3f} ({s['min']:.2f}–{s['max']:.2f})"
 
 
+def _refer_phrase(data: dict[str, Any]) -> str:
+    confidence, tried = data["refer_confidence"], ", ".join(f"{r:g}" for r in data["refer_risks_tried"])
+    if data["refer_risk"] is None:
+        return (
+            f"no refer risk of {tried} is certified at confidence {confidence:g} on every seed: no refer rule"
+        )
+    return f"refer risk {data['refer_risk']:g} certified at confidence {confidence:g} on every seed"
+
+
 def section_text(data: dict[str, Any]) -> str:
     s = data["summary"]
     lines = [
         f"Recipe folder `{data['root']}`, {len(data['seeds'])} seeds "
         f"({', '.join(str(r['seed']) for r in data['seeds'])}); each seed's policy fitted on its own "
-        f"validation split; refer risk {data['refer_risk']:g} certified at confidence "
-        f"{data['refer_confidence']:g} on every seed. Test split, 156 images; mean ± sd (min–max).",
+        f"validation split; {_refer_phrase(data)}. Test split, {data['seeds'][0]['images']} images; "
+        "mean ± sd (min–max).",
         "",
         f"Command: `python -m bench.decision_seeds --root {data['root']}"
-        f"{' --openvino' if data['openvino'] else ''}`. Machine: {data['machine']}.",
+        f"{' --openvino' if data['openvino'] else ''} --refer-risk "
+        f"{' '.join(f'{r:g}' for r in data['refer_risks_tried'])}`. Machine: {data['machine']}.",
         "",
         "| figure | over seeds |",
         "|---|---|",
@@ -164,6 +191,7 @@ def main() -> None:
         "openvino": args.openvino,
         "refer_risk": risk,
         "refer_confidence": args.refer_confidence,
+        "refer_risks_tried": args.refer_risk,
         "seeds": records,
         "summary": summarise(records),
     }
