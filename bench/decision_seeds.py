@@ -22,9 +22,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, RESULTS, machine, save_json, update_section
+from bench.common import RESULTS, machine, save_json, update_section
 from bench.decision_busi import export_with_policy
-from bench.train_seeds import stats
+from bench.train_seeds import shown_path, spread_cell, stats
 
 SECTION = "Decision support and int8 agreement over seeds (BUSI test split)"
 OPERATING_POINT = "malignant-sensitivity=0.95"
@@ -83,9 +83,7 @@ def seed_record(folder: Path, report: dict[str, Any]) -> dict[str, Any]:
     refer = fp32.get("refer") or {}
     record: dict[str, Any] = {
         "seed": int(folder.name.split("-")[-1]),
-        "run_dir": str(folder.resolve().relative_to(REPO))
-        if folder.resolve().is_relative_to(REPO)
-        else str(folder),
+        "run_dir": shown_path(folder),
         "images": report["images"],
         "balanced_accuracy": variants["fp32"]["balanced_accuracy"],
         "sensitivity": point["sensitivity"]["value"],
@@ -127,7 +125,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cell(s: dict[str, float] | None) -> str:
-    return "–" if s is None else f"{s['mean']:.3f} ± {s['sd']:.3f} ({s['min']:.2f}–{s['max']:.2f})"
+    return "–" if s is None else spread_cell(s)
 
 
 def _refer_phrase(data: dict[str, Any]) -> str:

@@ -69,7 +69,7 @@ def run_seed(recipe: str, seed: int, plan: SeedPlan) -> dict[str, Any]:
     metrics = json.loads(metrics_path.read_text())
     return {
         "seed": seed,
-        "run_dir": _shown(cfg.output),
+        "run_dir": shown_path(cfg.output),
         "test": metrics["test"],
         "validation": metrics["validation"],
         "epochs": metrics["epochs"],
@@ -94,7 +94,7 @@ def validation_curve(run_dir: Path) -> list[float]:
     return [e["eval_balanced_accuracy"] for e in history if "eval_balanced_accuracy" in e]
 
 
-def _shown(path: Path) -> str:
+def shown_path(path: Path) -> str:
     """Relative to the repository when inside it, so the JSON reads the same on every checkout."""
     from bench.common import REPO
 
@@ -254,7 +254,8 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _cell(s: dict[str, float]) -> str:
+def spread_cell(s: dict[str, float]) -> str:
+    """mean ± sd (min–max), as the seed tables print a spread."""
     return f"{s['mean']:.3f} ± {s['sd']:.3f} ({s['min']:.2f}–{s['max']:.2f})"
 
 
@@ -271,7 +272,7 @@ def _rows(data: dict[str, Any]) -> list[str]:
             f"| `{name}`{' (selected)' if name == data['recipe'] else ''} | {len(record['seeds'])} "
             f"| {validation['balanced_accuracy']['mean']:.3f} ± {validation['balanced_accuracy']['sd']:.3f} "
             f"| {_mean_sd(validation.get('balanced_accuracy_last_5_epochs'))} "
-            f"| {_cell(test['accuracy'])} | {_cell(test['balanced_accuracy'])} | {_cell(test['macro_f1'])} | {recalls} |"
+            f"| {spread_cell(test['accuracy'])} | {spread_cell(test['balanced_accuracy'])} | {spread_cell(test['macro_f1'])} | {recalls} |"
         )
     base = data["majority_baseline"]
     rows.append(
